@@ -1,0 +1,178 @@
+//! Incidents: grouping anomalies, their lifecycle, storage and reports.
+//!
+//! The [`Correlator`] is pure: it takes anomalies and data-time ticks and
+//! returns [`IncidentUpdate`]s. The daemon's incident stage writes each
+//! update to the [`Store`] *before* anything else sees it, so a crash never
+//! loses an incident that was announced. [`report`] renders what the store
+//! holds as Markdown.
+
+mod correlate;
+pub mod report;
+mod store;
+
+pub use correlate::{Correlator, IncidentUpdate, UpdateKind};
+pub use store::{IncidentFilter, IncidentPage, Store, StoreError};
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::signal::{Sample, SeriesKey, TimestampMs};
+
+/// Database id of an incident; stable, used in URLs and notifications.
+pub type IncidentId = i64;
+
+/// Where an incident is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IncidentState {
+    /// Anomalies are ongoing or recent.
+    Open,
+    /// Every signal has been normal for `incidents.resolve_after`.
+    Resolved,
+}
+
+impl IncidentState {
+    /// The lowercase name used in the API, the store and reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IncidentState::Open => "open",
+            IncidentState::Resolved => "resolved",
+        }
+    }
+}
+
+/// How urgently a person should look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    /// One signal, moderately off.
+    Warning,
+    /// A very large deviation, or several signals off at once.
+    Critical,
+}
+
+impl Severity {
+    /// The lowercase name used in the API, the store and reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Warning => "warning",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
+/// The most extreme sample of a signal within an incident.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Peak {
+    /// When it was observed.
+    pub t: TimestampMs,
+    /// The observed value.
+    pub value: f64,
+    /// What the detector expected.
+    pub expected: f64,
+    /// The detector's normal spread at the time.
+    pub spread: f64,
+    /// Signed deviation in spreads.
+    pub score: f64,
+}
+
+/// Evidence one anomalous series contributes to an incident.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SignalEvidence {
+    /// The series.
+    pub series: SeriesKey,
+    /// First anomalous sample.
+    pub first_at: TimestampMs,
+    /// Latest anomalous sample.
+    pub last_at: TimestampMs,
+    /// Anomalous samples seen.
+    pub anomaly_count: u64,
+    /// The sample with the largest |score|.
+    pub peak: Peak,
+    /// Samples around the anomaly (lead-up plus anomalous ones), in time
+    /// order, capped at `incidents.evidence_samples`.
+    pub samples: Vec<Sample>,
+    /// Times of the anomalous samples among `samples`, for highlighting.
+    pub anomalous_at: Vec<TimestampMs>,
+}
+
+/// One line of an incident's history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TimelineEntry {
+    /// Data time of the event.
+    pub at: TimestampMs,
+    /// Machine-readable kind: `opened`, `signal_added`, `severity_raised`, `resolved`.
+    pub kind: String,
+    /// A sentence for people.
+    pub message: String,
+}
+
+/// A group of related anomalies, with everything needed to explain it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Incident {
+    /// Database id; `None` until the store has saved it.
+    pub id: Option<IncidentId>,
+    /// Cluster name from config.
+    pub cluster: String,
+    /// Values of the `incidents.group_by` labels that define the group.
+    pub group: BTreeMap<String, String>,
+    /// Lifecycle state.
+    pub state: IncidentState,
+    /// Current severity (only ever rises while open).
+    pub severity: Severity,
+    /// Data time of the first anomaly.
+    pub opened_at: TimestampMs,
+    /// Data time of the latest anomaly.
+    pub last_anomaly_at: TimestampMs,
+    /// Data time at which it was resolved.
+    pub resolved_at: Option<TimestampMs>,
+    /// Anomalous samples across all signals.
+    pub anomaly_count: u64,
+    /// Per-series evidence, in the order the series joined.
+    pub signals: Vec<SignalEvidence>,
+    /// History, oldest first.
+    pub timeline: Vec<TimelineEntry>,
+}
+
+impl Incident {
+    /// Stable text form of the group, e.g. `namespace=shop,service=cart`;
+    /// the store keys open incidents by it.
+    pub fn group_key(&self) -> String {
+        group_key(&self.group)
+    }
+
+    /// A label of the group, if present (e.g. `service`).
+    pub fn group_label(&self, name: &str) -> Option<&str> {
+        self.group.get(name).map(String::as_str)
+    }
+
+    /// Short human name of what is affected: `cart (shop)` or the group key.
+    pub fn subject(&self) -> String {
+        match (self.group_label("service"), self.group_label("namespace")) {
+            (Some(s), Some(ns)) => format!("{s} ({ns})"),
+            (Some(s), None) => s.to_string(),
+            _ => self.group_key(),
+        }
+    }
+
+    /// Evidence with the largest |peak score|: the headline signal.
+    pub fn headline(&self) -> Option<&SignalEvidence> {
+        self.signals.iter().max_by(|a, b| {
+            a.peak
+                .score
+                .abs()
+                .partial_cmp(&b.peak.score.abs())
+                .unwrap_or(std::cmp::Ordering::Equal)
+        })
+    }
+}
+
+/// Text form of a group: `k=v` pairs joined by commas, in label order.
+pub fn group_key(group: &BTreeMap<String, String>) -> String {
+    group
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}

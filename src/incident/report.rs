@@ -1,0 +1,1 @@
+//! Markdown report (being written).

@@ -1,0 +1,30 @@
+//! aiopsd — an AIOps agent for Kubernetes.
+//!
+//! Start at [`daemon`], which wires the pipeline stages together:
+//! [`sources`] → [`detect`] → [`incident`] → [`server`] (and, in later
+//! work, diagnose → policy → remediate → publish). docs/ARCHITECTURE.md
+//! draws the flow and says which module owns which stage.
+//!
+//! Types that travel between stages live in [`signal`]; configuration in
+//! [`config`]; aiopsd's own metrics and readiness in [`telemetry`].
+
+#![warn(missing_docs, unreachable_pub)]
+
+pub mod config;
+pub mod daemon;
+pub mod detect;
+pub mod incident;
+pub mod server;
+pub mod signal;
+pub mod sources;
+pub mod telemetry;
+
+/// Installs the process-wide rustls crypto provider.
+///
+/// Several of our HTTP clients pull different providers (ring via kube and
+/// elasticsearch, aws-lc-rs via reqwest); with two present rustls refuses to
+/// guess and panics on first use. Call once at the start of `main` and of
+/// each test binary that builds clients; repeated calls are harmless.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}

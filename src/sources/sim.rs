@@ -1,0 +1,1 @@
+//! Simulated service for `aiopsd demo` (being written).

@@ -1,0 +1,334 @@
+//! aiopsd's own telemetry: metrics exported on /metrics and the health
+//! state behind /readyz.
+//!
+//! Following Vector's internal events, each important event is a method
+//! here that writes the log line *and* updates the metric, so the wording
+//! and the metric names live in one place.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::signal::{format_ts, now_ms, TimestampMs};
+
+/// Label set naming a signal.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SignalLabel {
+    /// The configured signal name.
+    pub signal: String,
+}
+
+/// Label set naming a source.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabel {
+    /// The source name (e.g. `prometheus`).
+    pub source: String,
+}
+
+/// Every metric aiopsd exports about itself.
+pub struct Metrics {
+    registry: Registry,
+    polls: Family<SignalLabel, Counter>,
+    poll_errors: Family<SignalLabel, Counter>,
+    poll_duration: Family<SignalLabel, Histogram>,
+    samples_scored: Counter,
+    samples_dropped: Family<SignalLabel, Counter>,
+    anomalies: Family<SignalLabel, Counter>,
+    series_tracked: Gauge,
+    incidents_open: Gauge,
+    incidents_opened: Counter,
+    incidents_resolved: Counter,
+    source_up: Family<SourceLabel, Gauge>,
+}
+
+impl Metrics {
+    /// Registers every metric under the `aiopsd_` prefix.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("aiopsd");
+        let polls = Family::<SignalLabel, Counter>::default();
+        let poll_errors = Family::<SignalLabel, Counter>::default();
+        let poll_duration = Family::<SignalLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0])
+        });
+        let samples_scored = Counter::default();
+        let samples_dropped = Family::<SignalLabel, Counter>::default();
+        let anomalies = Family::<SignalLabel, Counter>::default();
+        let series_tracked = Gauge::default();
+        let incidents_open = Gauge::default();
+        let incidents_opened = Counter::default();
+        let incidents_resolved = Counter::default();
+        let source_up = Family::<SourceLabel, Gauge>::default();
+        registry.register("polls", "Polls of a signal, successful or not", polls.clone());
+        registry.register(
+            "poll_errors",
+            "Polls that failed after all retries",
+            poll_errors.clone(),
+        );
+        registry.register(
+            "poll_duration_seconds",
+            "Time one poll took, retries included",
+            poll_duration.clone(),
+        );
+        registry.register(
+            "samples_scored",
+            "Samples scored by a detector",
+            samples_scored.clone(),
+        );
+        registry.register(
+            "samples_dropped",
+            "Samples dropped before scoring (NaN, Inf, stale markers)",
+            samples_dropped.clone(),
+        );
+        registry.register("anomalies", "Anomalous samples found", anomalies.clone());
+        registry.register(
+            "series_tracked",
+            "Series with detector state",
+            series_tracked.clone(),
+        );
+        registry.register("incidents_open", "Incidents now open", incidents_open.clone());
+        registry.register(
+            "incidents_opened",
+            "Incidents opened since start",
+            incidents_opened.clone(),
+        );
+        registry.register(
+            "incidents_resolved",
+            "Incidents resolved since start",
+            incidents_resolved.clone(),
+        );
+        registry.register(
+            "source_up",
+            "1 when the source's last poll succeeded",
+            source_up.clone(),
+        );
+        Self {
+            registry,
+            polls,
+            poll_errors,
+            poll_duration,
+            samples_scored,
+            samples_dropped,
+            anomalies,
+            series_tracked,
+            incidents_open,
+            incidents_opened,
+            incidents_resolved,
+            source_up,
+        }
+    }
+
+    /// The registry in OpenMetrics text, for /metrics.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            tracing::warn!("Encoding metrics failed; /metrics is incomplete.");
+        }
+        out
+    }
+
+    fn signal(signal: &str) -> SignalLabel {
+        SignalLabel {
+            signal: signal.to_string(),
+        }
+    }
+
+    /// A poll returned data.
+    pub fn poll_succeeded(&self, signal: &str, series: usize, samples: usize, took: Duration) {
+        self.polls.get_or_create(&Self::signal(signal)).inc();
+        self.poll_duration
+            .get_or_create(&Self::signal(signal))
+            .observe(took.as_secs_f64());
+        tracing::debug!(signal, series, samples, took_ms = took.as_millis() as u64, "Poll succeeded.");
+    }
+
+    /// A poll failed after all retries.
+    pub fn poll_failed(&self, signal: &str, error: &dyn std::fmt::Display, took: Duration) {
+        self.polls.get_or_create(&Self::signal(signal)).inc();
+        self.poll_errors.get_or_create(&Self::signal(signal)).inc();
+        self.poll_duration
+            .get_or_create(&Self::signal(signal))
+            .observe(took.as_secs_f64());
+        tracing::warn!(signal, error = %error, "Poll failed after all retries; will try again next interval.");
+    }
+
+    /// Samples were dropped before scoring (non-finite values).
+    pub fn samples_dropped(&self, signal: &str, count: u64) {
+        if count > 0 {
+            self.samples_dropped.get_or_create(&Self::signal(signal)).inc_by(count);
+            tracing::trace!(signal, count, "Dropped non-finite samples.");
+        }
+    }
+
+    /// The engine scored more samples and now tracks `series` series.
+    pub fn scored(&self, samples: u64, series: usize) {
+        self.samples_scored.inc_by(samples);
+        self.series_tracked.set(i64::try_from(series).unwrap_or(i64::MAX));
+    }
+
+    /// Anomalous samples were found for a signal.
+    pub fn anomalies_found(&self, signal: &str, count: u64) {
+        self.anomalies.get_or_create(&Self::signal(signal)).inc_by(count);
+    }
+
+    /// An incident was opened (and stored).
+    pub fn incident_opened(&self, id: i64, subject: &str, severity: &str, at: TimestampMs) {
+        self.incidents_opened.inc();
+        self.incidents_open.inc();
+        tracing::info!(incident = id, subject, severity, since = %format_ts(at), "Incident opened.");
+    }
+
+    /// An incident was resolved (and stored).
+    pub fn incident_resolved(&self, id: i64, subject: &str, at: TimestampMs) {
+        self.incidents_resolved.inc();
+        self.incidents_open.dec();
+        tracing::info!(incident = id, subject, at = %format_ts(at), "Incident resolved.");
+    }
+
+    /// Sets the open-incident gauge (at start, from the store).
+    pub fn set_open_incidents(&self, n: usize) {
+        self.incidents_open.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// Records whether a source is reachable.
+    pub fn set_source_up(&self, source: &str, up: bool) {
+        self.source_up
+            .get_or_create(&SourceLabel {
+                source: source.to_string(),
+            })
+            .set(i64::from(up));
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Status of one source, shown by /readyz.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SourceStatus {
+    /// Source name.
+    pub name: String,
+    /// True when the last poll succeeded.
+    pub up: bool,
+    /// True once the start-up backfill is done.
+    pub backfilled: bool,
+    /// Wall time of the last successful poll (RFC 3339).
+    pub last_success: Option<String>,
+    /// The last error, if the last poll failed.
+    pub last_error: Option<String>,
+    /// Failed polls in a row.
+    pub consecutive_failures: u64,
+}
+
+/// Shared readiness state: sources report here, /readyz reads it.
+#[derive(Debug, Default)]
+pub struct Health {
+    sources: Mutex<Vec<SourceStatus>>,
+    pipeline_running: AtomicBool,
+    store_ok: AtomicBool,
+    polls_total: AtomicU64,
+}
+
+impl Health {
+    /// A fresh health state (not ready).
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    fn with_source(&self, name: &str, f: impl FnOnce(&mut SourceStatus)) {
+        let mut sources = match self.sources.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some(s) = sources.iter_mut().find(|s| s.name == name) {
+            f(s);
+        } else {
+            let mut s = SourceStatus {
+                name: name.to_string(),
+                up: false,
+                backfilled: false,
+                last_success: None,
+                last_error: None,
+                consecutive_failures: 0,
+            };
+            f(&mut s);
+            sources.push(s);
+        }
+    }
+
+    /// Declares a source that must succeed before the daemon is ready.
+    pub fn register_source(&self, name: &str) {
+        self.with_source(name, |_| {});
+    }
+
+    /// A poll of `name` succeeded.
+    pub fn source_ok(&self, name: &str) {
+        self.polls_total.fetch_add(1, Ordering::Relaxed);
+        self.with_source(name, |s| {
+            s.up = true;
+            s.last_error = None;
+            s.consecutive_failures = 0;
+            s.last_success = Some(format_ts(now_ms()));
+        });
+    }
+
+    /// A poll of `name` failed; `error` says why.
+    pub fn source_failed(&self, name: &str, error: &str) {
+        self.polls_total.fetch_add(1, Ordering::Relaxed);
+        self.with_source(name, |s| {
+            s.up = false;
+            s.last_error = Some(error.to_string());
+            s.consecutive_failures += 1;
+        });
+    }
+
+    /// The start-up backfill of `name` is done.
+    pub fn source_backfilled(&self, name: &str) {
+        self.with_source(name, |s| s.backfilled = true);
+    }
+
+    /// Marks the pipeline as running (or stopped).
+    pub fn set_pipeline_running(&self, running: bool) {
+        self.pipeline_running.store(running, Ordering::Relaxed);
+    }
+
+    /// Marks the store as usable (or not).
+    pub fn set_store_ok(&self, ok: bool) {
+        self.store_ok.store(ok, Ordering::Relaxed);
+    }
+
+    /// Whether the daemon is ready, and if not, every reason why.
+    pub fn readiness(&self) -> (bool, Vec<String>, Vec<SourceStatus>) {
+        let sources = match self.sources.lock() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        let mut reasons = Vec::new();
+        if !self.pipeline_running.load(Ordering::Relaxed) {
+            reasons.push("pipeline is not running".to_string());
+        }
+        if !self.store_ok.load(Ordering::Relaxed) {
+            reasons.push("store is not available".to_string());
+        }
+        for s in &sources {
+            if !s.up {
+                reasons.push(match &s.last_error {
+                    Some(e) => format!("source {} is down: {e}", s.name),
+                    None => format!("source {} has not answered yet", s.name),
+                });
+            } else if !s.backfilled {
+                reasons.push(format!("source {} is still backfilling", s.name));
+            }
+        }
+        (reasons.is_empty(), reasons, sources)
+    }
+}

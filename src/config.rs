@@ -537,7 +537,11 @@ impl Config {
         let config: Config = serde_path_to_error::deserialize(tree).map_err(|e| {
             let path = e.path().to_string();
             ConfigError::Invalid(vec![FieldError {
-                path: if path == "." { "(top level)".into() } else { path },
+                path: if path == "." {
+                    "(top level)".into()
+                } else {
+                    path
+                },
                 reason: e.into_inner().to_string(),
             }])
         })?;
@@ -573,7 +577,10 @@ impl Config {
             err("cluster".into(), "must not be empty".into());
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.logging.level) {
-            err("logging.level".into(), format!("not a valid log filter: {e}"));
+            err(
+                "logging.level".into(),
+                format!("not a valid log filter: {e}"),
+            );
         }
         if self.server.api_token.is_none() && !self.server.listen.ip().is_loopback() {
             err(
@@ -594,7 +601,10 @@ impl Config {
             }
         }
         if self.server.request_timeout.0.is_zero() {
-            err("server.request_timeout".into(), "must be more than 0s".into());
+            err(
+                "server.request_timeout".into(),
+                "must be more than 0s".into(),
+            );
         }
         if self.store.path.as_os_str().is_empty() {
             err("store.path".into(), "must not be empty".into());
@@ -635,7 +645,10 @@ impl Config {
             }
         }
         if inc.group_window.0.is_zero() {
-            err("incidents.group_window".into(), "must be more than 0s".into());
+            err(
+                "incidents.group_window".into(),
+                "must be more than 0s".into(),
+            );
         }
         if inc.resolve_after.0.is_zero() {
             err(
@@ -739,8 +752,7 @@ fn validate_prometheus(prom: &PrometheusConfig, err: &mut impl FnMut(String, Str
             "must be at least 1s (Prometheus steps are whole seconds or more)".into(),
         );
     }
-    if !prom.step.0.is_zero() && prom.backfill.0.as_secs() / prom.step.0.as_secs().max(1) > 11_000
-    {
+    if !prom.step.0.is_zero() && prom.backfill.0.as_secs() / prom.step.0.as_secs().max(1) > 11_000 {
         err(
             "prometheus.backfill".into(),
             format!(
@@ -751,10 +763,7 @@ fn validate_prometheus(prom: &PrometheusConfig, err: &mut impl FnMut(String, Str
         );
     }
     if prom.retry.attempts == 0 || prom.retry.attempts > 10 {
-        err(
-            "prometheus.retry.attempts".into(),
-            "must be 1..=10".into(),
-        );
+        err("prometheus.retry.attempts".into(), "must be 1..=10".into());
     }
     if prom.retry.initial_backoff > prom.retry.max_backoff {
         err(
@@ -802,10 +811,7 @@ fn apply_env_overrides(
             let Value::Object(map) = node else {
                 return Err(ConfigError::Env {
                     var,
-                    reason: format!(
-                        "{} is not a section with fields",
-                        path[..i].join(".")
-                    ),
+                    reason: format!("{} is not a section with fields", path[..i].join(".")),
                 });
             };
             if i + 1 == path.len() {
@@ -891,8 +897,14 @@ mod tests {
               poll_intervall: 30s
         "#});
         assert_eq!(p.len(), 1);
-        assert!(p[0].starts_with("prometheus: "), "{p:?}");
-        assert!(p[0].contains("poll_intervall"), "{p:?}");
+        assert!(
+            p[0].starts_with("prometheus.poll_intervall: unknown field"),
+            "{p:?}"
+        );
+        assert!(
+            p[0].contains("poll_interval`"),
+            "lists the valid fields: {p:?}"
+        );
     }
 
     #[test]
@@ -970,9 +982,18 @@ mod tests {
     #[test]
     fn env_overrides_set_nested_fields_and_secrets() {
         let env = vec![
-            ("AIOPSD_PROMETHEUS__URL".to_string(), "http://prom:9090".to_string()),
-            ("AIOPSD_PROMETHEUS__RETRY__ATTEMPTS".to_string(), "5".to_string()),
-            ("AIOPSD_SERVER__API_TOKEN".to_string(), "0123456789abcdef".to_string()),
+            (
+                "AIOPSD_PROMETHEUS__URL".to_string(),
+                "http://prom:9090".to_string(),
+            ),
+            (
+                "AIOPSD_PROMETHEUS__RETRY__ATTEMPTS".to_string(),
+                "5".to_string(),
+            ),
+            (
+                "AIOPSD_SERVER__API_TOKEN".to_string(),
+                "0123456789abcdef".to_string(),
+            ),
             ("UNRELATED".to_string(), "x".to_string()),
         ];
         let config = Config::from_yaml(MINIMAL, Path::new("t"), env).expect("valid");

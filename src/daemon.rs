@@ -1,1 +1,471 @@
-//! Pipeline wiring (being written).
+//! Wiring: builds the stages from config and runs them as tokio tasks
+//! joined by bounded channels.
+//!
+//! ```text
+//! source task ──SeriesBatch──► detect task ──Detected──► incident task ──► store
+//!  (Prometheus      (Engine)                 (Correlator,      ▲
+//!   or simulator)                              write first)    │
+//!                                               HTTP server ───┘ (reads)
+//! ```
+//!
+//! Shutdown flows downstream: the cancellation token stops the source, its
+//! channel closes, the detect task drains and closes its own, the incident
+//! task stores what is left and checkpoints the database, and only then
+//! does the HTTP server stop. Nothing is lost between stages because each
+//! one finishes its input before exiting.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::detect::{Engine, SignalDetection};
+use crate::incident::{
+    report, Correlator, Incident, IncidentUpdate, Store, StoreError, UpdateKind,
+};
+use crate::server::{self, AppState};
+use crate::signal::{now_ms, Anomaly, SeriesBatch, TimestampMs};
+use crate::sources::prometheus::PrometheusSource;
+use crate::sources::sim::{Fault, Scenario, SimSource};
+use crate::telemetry::{error_chain, Health, Metrics};
+
+/// Capacity of the channels between stages: small, so a slow stage makes
+/// the source wait (back-pressure) instead of growing memory.
+const CHANNEL_CAPACITY: usize = 16;
+
+/// What the detect stage hands to the incident stage for one batch.
+struct Detected {
+    signal: String,
+    anomalies: Vec<Anomaly>,
+    until: TimestampMs,
+}
+
+/// The parts every mode shares: store, telemetry, readiness.
+struct Shared {
+    store: Store,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+}
+
+impl Shared {
+    fn open(config: &Config) -> anyhow::Result<Self> {
+        let store = Store::open(&config.store.path)
+            .with_context(|| format!("cannot open store {}", config.store.path.display()))?;
+        let health = Health::new();
+        health.set_store_ok(true);
+        Ok(Self {
+            store,
+            metrics: Arc::new(Metrics::new()),
+            health,
+        })
+    }
+
+    fn app_state(&self, config: &Config) -> AppState {
+        AppState {
+            store: self.store.clone(),
+            metrics: Arc::clone(&self.metrics),
+            health: Arc::clone(&self.health),
+            api_token: config.server.api_token.clone(),
+            cluster: config.cluster.clone(),
+        }
+    }
+}
+
+/// `aiopsd run`: polls Prometheus until `cancel` fires.
+pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()> {
+    let prometheus = config
+        .prometheus
+        .as_ref()
+        .context("config has no `prometheus` section; nothing to watch")?;
+    if config.signals.is_empty() {
+        anyhow::bail!("config has no `signals`; nothing to watch");
+    }
+    let source = PrometheusSource::new(prometheus, &config.signals)
+        .context("cannot set up the Prometheus source")?;
+    let shared = Shared::open(&config)?;
+    let listener = bind(config.server.listen, false).await?;
+    tracing::info!(
+        listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        signals = config.signals.len(),
+        prometheus = %prometheus.url,
+        "aiopsd is starting."
+    );
+    let server = spawn_server(&config, &shared, listener, cancel.clone());
+
+    let mut resume = HashMap::new();
+    for signal in &config.signals {
+        if let Some(t) = shared.store.cursor(&signal.name)? {
+            resume.insert(signal.name.clone(), t);
+        }
+    }
+    let detections = config
+        .signals
+        .iter()
+        .map(|s| {
+            (
+                s.name.clone(),
+                SignalDetection {
+                    spec: config.detector_for(s),
+                    direction: s.direction,
+                },
+            )
+        })
+        .collect();
+    let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+    let source_task = tokio::spawn(source.run(
+        tx,
+        resume.clone(),
+        Arc::clone(&shared.metrics),
+        Arc::clone(&shared.health),
+        cancel.clone(),
+    ));
+    let result = run_pipeline(&config, detections, rx, &shared, resume, cancel.clone()).await;
+    cancel.cancel();
+    let _ = source_task.await;
+    let _ = server.await;
+    tracing::info!("aiopsd stopped.");
+    result
+}
+
+/// Options of `aiopsd demo`.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    /// Where the store and the report go.
+    pub data_dir: PathBuf,
+    /// Address for the API (falls back to a free port if taken).
+    pub listen: SocketAddr,
+    /// Exit after the scenario instead of serving until Ctrl-C.
+    pub once: bool,
+}
+
+/// What the demo found, for printing and for its test.
+#[derive(Debug, Clone)]
+pub struct DemoOutcome {
+    /// The fault that was injected.
+    pub fault: Fault,
+    /// Incidents in the store after the scenario.
+    pub incidents: Vec<Incident>,
+    /// Where the Markdown report of the fault's incident was written.
+    pub report_path: Option<PathBuf>,
+    /// Where the API listened.
+    pub api: SocketAddr,
+}
+
+/// `aiopsd demo`: the whole pipeline on a simulated service with an
+/// injected fault; no cluster or servers needed.
+pub async fn demo(options: DemoOptions, cancel: CancellationToken) -> anyhow::Result<DemoOutcome> {
+    std::fs::create_dir_all(&options.data_dir)
+        .with_context(|| format!("cannot create {}", options.data_dir.display()))?;
+    let store_path = options.data_dir.join("aiopsd-demo.db");
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = store_path.clone().into_os_string();
+        p.push(suffix);
+        let _ = std::fs::remove_file(PathBuf::from(p));
+    }
+    let config = Config::demo(store_path, options.listen);
+    let shared = Shared::open(&config)?;
+    let listener = bind(options.listen, true).await?;
+    let api = listener.local_addr().context("listener has no address")?;
+    let server_cancel = CancellationToken::new();
+    let server = spawn_server(&config, &shared, listener, server_cancel.clone());
+
+    let scenario = Scenario::standard(now_ms());
+    let fault = scenario.fault.clone();
+    println!("aiopsd demo — a simulated service with one injected fault.");
+    println!("  injected: {}", fault.description);
+    println!(
+        "  window:   {} .. {}",
+        crate::signal::format_ts(fault.start),
+        crate::signal::format_ts(fault.end)
+    );
+    println!("  api:      http://{api}/api/v1/incidents");
+
+    let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+    let source_task =
+        tokio::spawn(SimSource::new(scenario).run(tx, Arc::clone(&shared.health), cancel.clone()));
+    let pipeline = run_pipeline(
+        &config,
+        SimSource::signal_detections(),
+        rx,
+        &shared,
+        HashMap::new(),
+        cancel.clone(),
+    )
+    .await;
+    let _ = source_task.await;
+    pipeline?;
+
+    let incidents = shared
+        .store
+        .list_incidents(&crate::incident::IncidentFilter {
+            limit: 500,
+            ..Default::default()
+        })?
+        .items;
+    let faulty = incidents
+        .iter()
+        .find(|i| i.group_label("service") == Some(fault.service.as_str()));
+    let mut report_path = None;
+    if let Some(incident) = faulty {
+        let id = incident.id.unwrap_or_default();
+        let path = options.data_dir.join(format!("incident-{id}.md"));
+        std::fs::write(&path, report::render_markdown(incident, now_ms()))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        println!();
+        println!(
+            "Detected: incident #{id} — {} — {} signal(s), severity {}, state {}.",
+            incident.subject(),
+            incident.signals.len(),
+            incident.severity.as_str(),
+            incident.state.as_str()
+        );
+        println!("  report:   {}", path.display());
+        println!("  api:      http://{api}/api/v1/incidents/{id}");
+        println!("  markdown: http://{api}/api/v1/incidents/{id}/report.md");
+        report_path = Some(path);
+    } else {
+        println!();
+        println!("The injected fault was NOT detected; see the log above.");
+    }
+    let others = incidents.len() - usize::from(faulty.is_some());
+    println!("  other incidents (false alarms): {others}");
+
+    if !options.once && !cancel.is_cancelled() {
+        println!();
+        println!("Serving the API until Ctrl-C.");
+        cancel.cancelled().await;
+    }
+    server_cancel.cancel();
+    let _ = server.await;
+    Ok(DemoOutcome {
+        fault,
+        incidents,
+        report_path,
+        api,
+    })
+}
+
+async fn bind(
+    addr: SocketAddr,
+    fallback_to_free_port: bool,
+) -> anyhow::Result<tokio::net::TcpListener> {
+    match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => Ok(l),
+        Err(e) if fallback_to_free_port && e.kind() == std::io::ErrorKind::AddrInUse => {
+            tracing::warn!(%addr, "Address in use; serving the API on a free port instead.");
+            let any = SocketAddr::new(addr.ip(), 0);
+            tokio::net::TcpListener::bind(any)
+                .await
+                .with_context(|| format!("cannot listen on {any}"))
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot listen on {addr}")),
+    }
+}
+
+fn spawn_server(
+    config: &Config,
+    shared: &Shared,
+    listener: tokio::net::TcpListener,
+    cancel: CancellationToken,
+) -> JoinHandle<()> {
+    let router = server::router(shared.app_state(config), config.server.request_timeout.0);
+    tokio::spawn(async move {
+        if let Err(error) =
+            server::serve(listener, router, async move { cancel.cancelled().await }).await
+        {
+            tracing::error!(error = %error_chain(&error), "HTTP server failed.");
+        }
+    })
+}
+
+/// Runs the detect and incident stages until the source channel closes.
+async fn run_pipeline(
+    config: &Config,
+    detections: Vec<(String, SignalDetection)>,
+    rx: mpsc::Receiver<SeriesBatch>,
+    shared: &Shared,
+    resume: HashMap<String, TimestampMs>,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let open = shared.store.open_incidents()?;
+    shared.metrics.set_open_incidents(open.len());
+    if !open.is_empty() {
+        tracing::info!(
+            count = open.len(),
+            "Resuming open incidents from the store."
+        );
+    }
+    let mut correlator = Correlator::new(config.incidents.clone(), config.cluster.clone());
+    correlator.restore(open);
+
+    let engine = Engine::new(
+        detections,
+        config.detection.series_ttl.as_millis_i64(),
+        config.detection.context_samples,
+        config.detection.max_series,
+    );
+    let (detected_tx, detected_rx) = mpsc::channel(CHANNEL_CAPACITY);
+    let detect = tokio::spawn(detect_stage(
+        engine,
+        rx,
+        detected_tx,
+        resume,
+        Arc::clone(&shared.metrics),
+    ));
+    shared.health.set_pipeline_running(true);
+    let result = incident_stage(correlator, detected_rx, shared, cancel).await;
+    shared.health.set_pipeline_running(false);
+    let _ = detect.await;
+    if let Err(error) = shared.store.checkpoint() {
+        tracing::warn!(error = %error_chain(&error), "Checkpointing the store at shutdown failed; the WAL will be replayed on next start.");
+    }
+    result
+}
+
+/// Scores batches; forwards anomalies that a previous run has not already
+/// handled (a restart re-reads some history to warm detectors up, and must
+/// not report it again).
+async fn detect_stage(
+    mut engine: Engine,
+    mut rx: mpsc::Receiver<SeriesBatch>,
+    tx: mpsc::Sender<Detected>,
+    resume: HashMap<String, TimestampMs>,
+    metrics: Arc<Metrics>,
+) {
+    while let Some(batch) = rx.recv().await {
+        let before = engine.stats().samples_scored;
+        let mut anomalies = engine.observe(&batch);
+        if let Some(&done) = resume.get(&batch.signal) {
+            anomalies.retain(|a| a.t > done);
+        }
+        engine.evict_idle(&batch.signal, batch.until);
+        let stats = engine.stats();
+        metrics.scored(stats.samples_scored - before, stats.series);
+        metrics.anomalies_found(&batch.signal, anomalies.len() as u64);
+        let detected = Detected {
+            signal: batch.signal,
+            anomalies,
+            until: batch.until,
+        };
+        if tx.send(detected).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Groups anomalies into incidents and stores every change before
+/// announcing it.
+async fn incident_stage(
+    mut correlator: Correlator,
+    mut rx: mpsc::Receiver<Detected>,
+    shared: &Shared,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    while let Some(detected) = rx.recv().await {
+        let updates = correlator.on_batch(&detected.signal, &detected.anomalies, detected.until);
+        for update in updates {
+            let id = persist(shared, &update, &cancel).await?;
+            let group_key = update.incident.group_key();
+            let incident = &update.incident;
+            match update.kind {
+                UpdateKind::Opened => {
+                    correlator.assign_id(&group_key, id);
+                    shared.metrics.incident_opened(
+                        id,
+                        &incident.subject(),
+                        incident.severity.as_str(),
+                        incident.opened_at,
+                    );
+                }
+                UpdateKind::Updated => {}
+                UpdateKind::Resolved => {
+                    shared.metrics.incident_resolved(
+                        id,
+                        &incident.subject(),
+                        incident.resolved_at.unwrap_or(detected.until),
+                    );
+                }
+            }
+        }
+        // The cursor moves only after the batch's incidents are stored: a
+        // crash in between re-reads the batch rather than losing it.
+        persist_cursor(shared, &detected.signal, detected.until, &cancel).await?;
+    }
+    Ok(())
+}
+
+/// Saves an incident, retrying with backoff while the store fails (the
+/// pipeline waits meanwhile: losing an incident is worse than lagging).
+async fn persist(
+    shared: &Shared,
+    update: &IncidentUpdate,
+    cancel: &CancellationToken,
+) -> anyhow::Result<i64> {
+    let incident = Arc::new(update.incident.clone());
+    with_store_retry(shared, cancel, move |store| {
+        store.upsert_incident(&incident)
+    })
+    .await
+}
+
+async fn persist_cursor(
+    shared: &Shared,
+    signal: &str,
+    until: TimestampMs,
+    cancel: &CancellationToken,
+) -> anyhow::Result<()> {
+    let signal: Arc<str> = Arc::from(signal);
+    with_store_retry(shared, cancel, move |store| {
+        store.set_cursor(&signal, until)
+    })
+    .await
+}
+
+/// Runs a store operation on the blocking pool (SQLite calls block),
+/// retrying transient failures with capped backoff. Permanent failures
+/// (a schema from a newer aiopsd, data that cannot be encoded) are returned
+/// at once: retrying them would only stall the pipeline.
+async fn with_store_retry<T: Send + 'static>(
+    shared: &Shared,
+    cancel: &CancellationToken,
+    op: impl Fn(&Store) -> Result<T, StoreError> + Clone + Send + 'static,
+) -> anyhow::Result<T> {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let store = shared.store.clone();
+        let attempt = op.clone();
+        let result = tokio::task::spawn_blocking(move || attempt(&store))
+            .await
+            .context("store task panicked")?;
+        match result {
+            Ok(v) => {
+                shared.health.set_store_ok(true);
+                return Ok(v);
+            }
+            Err(error) => {
+                shared.health.set_store_ok(false);
+                let chain = error_chain(&error);
+                if !error.is_retryable() {
+                    tracing::error!(error = %chain, "Store write failed permanently; stopping the pipeline.");
+                    return Err(error).context("store write failed");
+                }
+                if cancel.is_cancelled() {
+                    return Err(error).context("store write failed during shutdown");
+                }
+                tracing::warn!(error = %chain, retry_in_ms = backoff.as_millis() as u64, "Store write failed; retrying.");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = cancel.cancelled() => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}

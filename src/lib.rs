@@ -10,6 +10,7 @@
 
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod detect;

@@ -18,6 +18,21 @@ use prometheus_client::registry::Registry;
 
 use crate::signal::{format_ts, now_ms, TimestampMs};
 
+/// An error and all its sources, `outer: inner: innermost`.
+///
+/// Log lines use this rather than `Display`, which shows only the outer
+/// message and would hide the cause (the SQLite or HTTP error underneath).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
 /// Label set naming a signal.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SignalLabel {
@@ -65,7 +80,11 @@ impl Metrics {
         let incidents_opened = Counter::default();
         let incidents_resolved = Counter::default();
         let source_up = Family::<SourceLabel, Gauge>::default();
-        registry.register("polls", "Polls of a signal, successful or not", polls.clone());
+        registry.register(
+            "polls",
+            "Polls of a signal, successful or not",
+            polls.clone(),
+        );
         registry.register(
             "poll_errors",
             "Polls that failed after all retries",
@@ -92,7 +111,11 @@ impl Metrics {
             "Series with detector state",
             series_tracked.clone(),
         );
-        registry.register("incidents_open", "Incidents now open", incidents_open.clone());
+        registry.register(
+            "incidents_open",
+            "Incidents now open",
+            incidents_open.clone(),
+        );
         registry.register(
             "incidents_opened",
             "Incidents opened since start",
@@ -145,7 +168,13 @@ impl Metrics {
         self.poll_duration
             .get_or_create(&Self::signal(signal))
             .observe(took.as_secs_f64());
-        tracing::debug!(signal, series, samples, took_ms = took.as_millis() as u64, "Poll succeeded.");
+        tracing::debug!(
+            signal,
+            series,
+            samples,
+            took_ms = took.as_millis() as u64,
+            "Poll succeeded."
+        );
     }
 
     /// A poll failed after all retries.
@@ -161,7 +190,9 @@ impl Metrics {
     /// Samples were dropped before scoring (non-finite values).
     pub fn samples_dropped(&self, signal: &str, count: u64) {
         if count > 0 {
-            self.samples_dropped.get_or_create(&Self::signal(signal)).inc_by(count);
+            self.samples_dropped
+                .get_or_create(&Self::signal(signal))
+                .inc_by(count);
             tracing::trace!(signal, count, "Dropped non-finite samples.");
         }
     }
@@ -169,12 +200,15 @@ impl Metrics {
     /// The engine scored more samples and now tracks `series` series.
     pub fn scored(&self, samples: u64, series: usize) {
         self.samples_scored.inc_by(samples);
-        self.series_tracked.set(i64::try_from(series).unwrap_or(i64::MAX));
+        self.series_tracked
+            .set(i64::try_from(series).unwrap_or(i64::MAX));
     }
 
     /// Anomalous samples were found for a signal.
     pub fn anomalies_found(&self, signal: &str, count: u64) {
-        self.anomalies.get_or_create(&Self::signal(signal)).inc_by(count);
+        self.anomalies
+            .get_or_create(&Self::signal(signal))
+            .inc_by(count);
     }
 
     /// An incident was opened (and stored).
@@ -193,7 +227,8 @@ impl Metrics {
 
     /// Sets the open-incident gauge (at start, from the store).
     pub fn set_open_incidents(&self, n: usize) {
-        self.incidents_open.set(i64::try_from(n).unwrap_or(i64::MAX));
+        self.incidents_open
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     /// Records whether a source is reachable.

@@ -160,7 +160,9 @@ impl Engine {
                     + key
                         .labels
                         .iter()
-                        .map(|(k, v)| k.capacity() + v.capacity() + 3 * std::mem::size_of::<usize>())
+                        .map(|(k, v)| {
+                            k.capacity() + v.capacity() + 3 * std::mem::size_of::<usize>()
+                        })
                         .sum::<usize>();
                 std::mem::size_of::<(Arc<SeriesKey>, SeriesState)>()
                     + state.detector.state_bytes()
@@ -199,12 +201,22 @@ mod tests {
         ))
     }
 
-    fn batch(key: &Arc<SeriesKey>, range: std::ops::Range<i64>, f: impl Fn(i64) -> f64) -> SeriesBatch {
+    fn batch(
+        key: &Arc<SeriesKey>,
+        range: std::ops::Range<i64>,
+        f: impl Fn(i64) -> f64,
+    ) -> SeriesBatch {
         SeriesBatch {
             signal: "lat".into(),
             series: vec![SeriesSamples {
                 key: Arc::clone(key),
-                samples: range.clone().map(|i| Sample { t: i * 30_000, v: f(i) }).collect(),
+                samples: range
+                    .clone()
+                    .map(|i| Sample {
+                        t: i * 30_000,
+                        v: f(i),
+                    })
+                    .collect(),
             }],
             until: range.end * 30_000,
             backfill: false,
@@ -253,7 +265,13 @@ mod tests {
     #[test]
     fn state_per_series_stays_under_a_kibibyte() {
         let mut e = Engine::new(
-            [("lat".to_string(), SignalDetection { spec: DetectorSpec::default(), direction: Direction::Both })],
+            [(
+                "lat".to_string(),
+                SignalDetection {
+                    spec: DetectorSpec::default(),
+                    direction: Direction::Both,
+                },
+            )],
             600_000,
             30,
             10,

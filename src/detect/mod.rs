@@ -12,7 +12,7 @@
 mod engine;
 mod robust_ewma;
 
-pub use engine::{Engine, EngineStats};
+pub use engine::{Engine, EngineStats, SignalDetection};
 pub use robust_ewma::{RobustEwma, RobustEwmaParams};
 
 use serde::Deserialize;

@@ -173,8 +173,8 @@ impl RobustEwma {
     }
 
     fn spread(&self) -> f64 {
-        let floor = f64::from(self.min_spread)
-            .max(f64::from(self.min_relative_spread) * self.level.abs());
+        let floor =
+            f64::from(self.min_spread).max(f64::from(self.min_relative_spread) * self.level.abs());
         self.var.sqrt().max(floor)
     }
 }
@@ -299,7 +299,11 @@ mod tests {
         values.extend((301..320).map(|i| 10.0 + noise(i)));
         let scores = run(&mut d, values);
         assert!(scores.iter().all(|s| !s.anomalous));
-        assert!((scores[319].expected - 10.0).abs() < 0.5, "{:?}", scores[319]);
+        assert!(
+            (scores[319].expected - 10.0).abs() < 0.5,
+            "{:?}",
+            scores[319]
+        );
     }
 
     #[test]

@@ -1,16 +1,546 @@
-//! Correlation (being written).
-use super::Incident;
-/// What changed.
+//! Grouping anomalies into incidents and deciding when incidents end.
+//!
+//! Pure and synchronous, driven by data time: the caller feeds it each
+//! batch's anomalies and the batch's watermark, and gets back the incidents
+//! that changed. Nothing here touches the store or the clock, so the same
+//! code serves live polling, backfill and the simulated demo.
+//!
+//! Resolution is deliberately conservative: an incident resolves only when
+//! *every* signal in it has delivered data past `resolve_after` without an
+//! anomaly. A signal whose source is down does not advance, so an outage
+//! of Prometheus can never make an incident look resolved.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use super::{Incident, IncidentId, IncidentState, Peak, Severity, SignalEvidence, TimelineEntry};
+use crate::config::IncidentConfig;
+use crate::signal::{format_ts, Anomaly, Sample, TimestampMs};
+
+/// What happened to an incident in one step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UpdateKind { /// new
- Opened, /// changed
- Updated, /// done
- Resolved }
-/// An update.
+pub enum UpdateKind {
+    /// A new incident was opened.
+    Opened,
+    /// An open incident got more evidence.
+    Updated,
+    /// An incident was resolved.
+    Resolved,
+}
+
+/// An incident that changed, with its full new state.
 #[derive(Debug, Clone)]
-pub struct IncidentUpdate { /// kind
- pub kind: UpdateKind, /// snapshot
- pub incident: Incident }
-/// Correlator.
-#[derive(Debug, Default)]
-pub struct Correlator;
+pub struct IncidentUpdate {
+    /// What happened.
+    pub kind: UpdateKind,
+    /// The incident after the change.
+    pub incident: Incident,
+}
+
+/// Groups anomalies into incidents; owns the open incidents.
+#[derive(Debug)]
+pub struct Correlator {
+    cluster: String,
+    config: IncidentConfig,
+    open: HashMap<String, Incident>,
+    /// Per signal: data time up to which it has been fully read.
+    watermarks: HashMap<String, TimestampMs>,
+    /// Incidents closed because a new episode of their group began; handed
+    /// out with the next batch's updates.
+    closed: Vec<IncidentUpdate>,
+}
+
+impl Correlator {
+    /// A correlator with no open incidents.
+    pub fn new(config: IncidentConfig, cluster: impl Into<String>) -> Self {
+        Self {
+            cluster: cluster.into(),
+            config,
+            open: HashMap::new(),
+            watermarks: HashMap::new(),
+            closed: Vec::new(),
+        }
+    }
+
+    /// Takes over incidents that were open when the daemon last stopped, so
+    /// new anomalies join them instead of opening duplicates.
+    pub fn restore(&mut self, open: impl IntoIterator<Item = Incident>) {
+        for incident in open {
+            if incident.state == IncidentState::Open {
+                self.open.insert(incident.group_key(), incident);
+            }
+        }
+    }
+
+    /// Records the store id of an open incident (after it was first saved).
+    pub fn assign_id(&mut self, group_key: &str, id: IncidentId) {
+        if let Some(incident) = self.open.get_mut(group_key) {
+            incident.id = Some(id);
+        }
+    }
+
+    /// Open incidents, for gauges and tests.
+    pub fn open_incidents(&self) -> impl Iterator<Item = &Incident> {
+        self.open.values()
+    }
+
+    /// Applies one batch: its anomalies, then its watermark.
+    ///
+    /// Returns one update per incident touched (opened or updated), then one
+    /// per incident resolved — an incident opened and resolved within the
+    /// same batch (a long backfill) appears twice, first `Opened`.
+    pub fn on_batch(
+        &mut self,
+        signal: &str,
+        anomalies: &[Anomaly],
+        until: TimestampMs,
+    ) -> Vec<IncidentUpdate> {
+        let mut opened = BTreeSet::new();
+        let mut touched = BTreeSet::new();
+        let mut updates = Vec::new();
+        for anomaly in anomalies {
+            let (key, is_new) = self.attach(anomaly);
+            if is_new {
+                opened.insert(key.clone());
+            }
+            touched.insert(key);
+        }
+        updates.append(&mut self.closed);
+        updates.extend(touched.iter().filter_map(|key| {
+            self.open.get(key).map(|incident| IncidentUpdate {
+                kind: if opened.contains(key) {
+                    UpdateKind::Opened
+                } else {
+                    UpdateKind::Updated
+                },
+                incident: incident.clone(),
+            })
+        }));
+        updates.extend(self.advance(signal, until));
+        updates
+    }
+
+    /// Moves `signal`'s watermark to `until` and resolves every incident
+    /// whose signals have all been quiet for `resolve_after`.
+    pub fn advance(&mut self, signal: &str, until: TimestampMs) -> Vec<IncidentUpdate> {
+        let mark = self.watermarks.entry(signal.to_string()).or_insert(until);
+        *mark = (*mark).max(until);
+        let resolve_after = self.config.resolve_after.as_millis_i64();
+        let quiet: Vec<String> = self
+            .open
+            .iter()
+            .filter_map(|(key, incident)| {
+                let seen_until = self.members_watermark(incident)?;
+                (seen_until.saturating_sub(incident.last_anomaly_at) >= resolve_after)
+                    .then(|| key.clone())
+            })
+            .collect();
+        let mut updates = Vec::new();
+        for key in quiet {
+            let Some(mut incident) = self.open.remove(&key) else {
+                continue;
+            };
+            let at = self
+                .members_watermark(&incident)
+                .unwrap_or(incident.last_anomaly_at);
+            incident.state = IncidentState::Resolved;
+            incident.resolved_at = Some(at);
+            incident.timeline.push(TimelineEntry {
+                at,
+                kind: "resolved".into(),
+                message: format!(
+                    "Resolved: every signal has been normal since {} ({} without an anomaly).",
+                    format_ts(incident.last_anomaly_at),
+                    self.config.resolve_after
+                ),
+            });
+            updates.push(IncidentUpdate {
+                kind: UpdateKind::Resolved,
+                incident,
+            });
+        }
+        updates
+    }
+
+    /// The data time up to which *all* of an incident's signals were read;
+    /// `None` while any of them has not reported since start.
+    fn members_watermark(&self, incident: &Incident) -> Option<TimestampMs> {
+        let signals: BTreeSet<&str> = incident
+            .signals
+            .iter()
+            .map(|e| e.series.signal.as_str())
+            .collect();
+        signals
+            .into_iter()
+            .map(|s| self.watermarks.get(s).copied())
+            .try_fold(TimestampMs::MAX, |acc, w| w.map(|w| acc.min(w)))
+    }
+
+    /// The group labels of an anomaly; a series without any of them forms
+    /// a group of its own (its full key), rather than lumping together with
+    /// every other unlabelled series.
+    fn group_of(&self, anomaly: &Anomaly) -> BTreeMap<String, String> {
+        let group: BTreeMap<String, String> = self
+            .config
+            .group_by
+            .iter()
+            .filter_map(|label| {
+                anomaly
+                    .key
+                    .label(label)
+                    .map(|v| (label.clone(), v.to_string()))
+            })
+            .collect();
+        if group.is_empty() {
+            BTreeMap::from([("series".to_string(), anomaly.key.to_string())])
+        } else {
+            group
+        }
+    }
+
+    /// Adds an anomaly to its group's open incident, opening one if needed.
+    /// Returns the group key and whether the incident is new.
+    fn attach(&mut self, anomaly: &Anomaly) -> (String, bool) {
+        let group = self.group_of(anomaly);
+        let key = super::group_key(&group);
+        let window = self.config.group_window.as_millis_i64();
+
+        // An open incident whose last anomaly is too long ago for this one to
+        // belong: close it at the point it went quiet, then start afresh.
+        let stale = self.open.get(&key).is_some_and(|inc| {
+            anomaly.t.saturating_sub(inc.last_anomaly_at) > window
+                || inc.opened_at.saturating_sub(anomaly.t) > window
+        });
+        if stale {
+            if let Some(mut old) = self.open.remove(&key) {
+                let at = old
+                    .last_anomaly_at
+                    .saturating_add(self.config.resolve_after.as_millis_i64())
+                    .min(anomaly.t);
+                old.state = IncidentState::Resolved;
+                old.resolved_at = Some(at);
+                old.timeline.push(TimelineEntry {
+                    at,
+                    kind: "resolved".into(),
+                    message: "Resolved: a new, separate episode started after a quiet period."
+                        .into(),
+                });
+                self.closed.push(IncidentUpdate {
+                    kind: UpdateKind::Resolved,
+                    incident: old,
+                });
+            }
+        }
+
+        let is_new = !self.open.contains_key(&key);
+        let config = &self.config;
+        let cluster = &self.cluster;
+        let incident = self.open.entry(key.clone()).or_insert_with(|| Incident {
+            id: None,
+            cluster: cluster.clone(),
+            group: group.clone(),
+            state: IncidentState::Open,
+            severity: Severity::Warning,
+            opened_at: anomaly.t,
+            last_anomaly_at: anomaly.t,
+            resolved_at: None,
+            anomaly_count: 0,
+            signals: Vec::new(),
+            timeline: vec![TimelineEntry {
+                at: anomaly.t,
+                kind: "opened".into(),
+                message: format!(
+                    "Opened: {} is {} (expected {}).",
+                    anomaly.key,
+                    describe_deviation(anomaly.score),
+                    short(anomaly.expected)
+                ),
+            }],
+        });
+        add_evidence(incident, anomaly, config.evidence_samples);
+        let severity = severity_of(incident, config);
+        if severity > incident.severity {
+            incident.severity = severity;
+            if !is_new || incident.anomaly_count > 1 {
+                incident.timeline.push(TimelineEntry {
+                    at: anomaly.t,
+                    kind: "severity_raised".into(),
+                    message: format!("Severity raised to {}.", severity.as_str()),
+                });
+            }
+        }
+        (key, is_new)
+    }
+}
+
+fn describe_deviation(score: f64) -> String {
+    if score >= 0.0 {
+        format!("{:.1} spreads above normal", score)
+    } else {
+        format!("{:.1} spreads below normal", -score)
+    }
+}
+
+fn short(x: f64) -> String {
+    if x == 0.0 || !x.is_finite() {
+        return format!("{x}");
+    }
+    let digits = (3 - x.abs().log10().floor() as i32).clamp(0, 9) as usize;
+    format!("{x:.digits$}")
+}
+
+/// Critical when one score is very large or several signals are off.
+fn severity_of(incident: &Incident, config: &IncidentConfig) -> Severity {
+    let max_score = incident
+        .signals
+        .iter()
+        .map(|e| e.peak.score.abs())
+        .fold(0.0, f64::max);
+    let signals: BTreeSet<&str> = incident
+        .signals
+        .iter()
+        .map(|e| e.series.signal.as_str())
+        .collect();
+    if max_score >= config.critical_score || signals.len() >= config.critical_signals {
+        Severity::Critical
+    } else {
+        Severity::Warning
+    }
+}
+
+/// Folds one anomaly into the incident's evidence for its series.
+fn add_evidence(incident: &mut Incident, anomaly: &Anomaly, cap: usize) {
+    incident.anomaly_count += 1;
+    incident.last_anomaly_at = incident.last_anomaly_at.max(anomaly.t);
+    incident.opened_at = incident.opened_at.min(anomaly.t);
+    let peak = Peak {
+        t: anomaly.t,
+        value: anomaly.value,
+        expected: anomaly.expected,
+        spread: anomaly.spread,
+        score: anomaly.score,
+    };
+    let position = incident
+        .signals
+        .iter()
+        .position(|e| e.series == *anomaly.key);
+    let evidence = match position {
+        Some(i) => &mut incident.signals[i],
+        None => {
+            let new_signal = !incident
+                .signals
+                .iter()
+                .any(|e| e.series.signal == anomaly.key.signal);
+            if new_signal && !incident.signals.is_empty() {
+                incident.timeline.push(TimelineEntry {
+                    at: anomaly.t,
+                    kind: "signal_added".into(),
+                    message: format!(
+                        "Also anomalous: {} is {}.",
+                        anomaly.key,
+                        describe_deviation(anomaly.score)
+                    ),
+                });
+            }
+            incident.signals.push(SignalEvidence {
+                series: (*anomaly.key).clone(),
+                first_at: anomaly.t,
+                last_at: anomaly.t,
+                anomaly_count: 0,
+                peak,
+                samples: Vec::new(),
+                anomalous_at: Vec::new(),
+            });
+            let last = incident.signals.len() - 1;
+            &mut incident.signals[last]
+        }
+    };
+    evidence.first_at = evidence.first_at.min(anomaly.t);
+    evidence.last_at = evidence.last_at.max(anomaly.t);
+    evidence.anomaly_count += 1;
+    if anomaly.score.abs() > evidence.peak.score.abs() {
+        evidence.peak = peak;
+    }
+    merge_samples(&mut evidence.samples, &anomaly.context, cap);
+    if !evidence.anomalous_at.contains(&anomaly.t) {
+        evidence.anomalous_at.push(anomaly.t);
+        evidence.anomalous_at.sort_unstable();
+    }
+    if let Some(oldest) = evidence.samples.first().map(|s| s.t) {
+        evidence.anomalous_at.retain(|&t| t >= oldest);
+    }
+}
+
+/// Merges `new` into the time-ordered `samples`, without duplicates,
+/// keeping the newest `cap`.
+fn merge_samples(samples: &mut Vec<Sample>, new: &[Sample], cap: usize) {
+    let newest = samples.last().map(|s| s.t);
+    if new.iter().all(|s| newest.is_none_or(|n| s.t > n)) {
+        samples.extend_from_slice(new);
+    } else {
+        samples.extend_from_slice(new);
+        samples.sort_by_key(|s| s.t);
+        samples.dedup_by_key(|s| s.t);
+    }
+    if samples.len() > cap {
+        let excess = samples.len() - cap;
+        samples.drain(..excess);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::HumanDuration;
+    use crate::signal::SeriesKey;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    const MIN: i64 = 60_000;
+
+    fn config() -> IncidentConfig {
+        IncidentConfig {
+            group_window: HumanDuration(Duration::from_secs(15 * 60)),
+            resolve_after: HumanDuration(Duration::from_secs(10 * 60)),
+            ..IncidentConfig::default()
+        }
+    }
+
+    fn anomaly(signal: &str, service: &str, t: i64, score: f64) -> Anomaly {
+        Anomaly {
+            key: Arc::new(SeriesKey::new(
+                signal,
+                [
+                    ("namespace".to_string(), "shop".to_string()),
+                    ("service".to_string(), service.to_string()),
+                    ("pod".to_string(), format!("{service}-1")),
+                ],
+            )),
+            t,
+            value: 10.0,
+            expected: 1.0,
+            spread: 1.0,
+            score,
+            context: vec![
+                Sample {
+                    t: t - 30_000,
+                    v: 1.0,
+                },
+                Sample { t, v: 10.0 },
+            ],
+        }
+    }
+
+    #[test]
+    fn anomalies_of_one_service_group_into_one_incident() {
+        let mut c = Correlator::new(config(), "test");
+        let u = c.on_batch("errors", &[anomaly("errors", "cart", 0, 7.0)], 0);
+        assert_eq!(u.len(), 1);
+        assert_eq!(u[0].kind, UpdateKind::Opened);
+        let u = c.on_batch(
+            "latency",
+            &[anomaly("latency", "cart", 2 * MIN, 8.0)],
+            2 * MIN,
+        );
+        assert_eq!(u[0].kind, UpdateKind::Updated);
+        let inc = &u[0].incident;
+        assert_eq!(inc.signals.len(), 2);
+        assert_eq!(
+            inc.severity,
+            Severity::Critical,
+            "two signals make it critical"
+        );
+        assert!(inc.timeline.iter().any(|e| e.kind == "signal_added"));
+        assert_eq!(c.open_incidents().count(), 1);
+    }
+
+    #[test]
+    fn different_services_open_different_incidents() {
+        let mut c = Correlator::new(config(), "test");
+        let u = c.on_batch(
+            "errors",
+            &[
+                anomaly("errors", "cart", 0, 7.0),
+                anomaly("errors", "pay", 0, 7.0),
+            ],
+            0,
+        );
+        assert_eq!(u.len(), 2);
+        assert!(u.iter().all(|u| u.kind == UpdateKind::Opened));
+    }
+
+    #[test]
+    fn resolves_only_after_every_member_signal_was_quiet_long_enough() {
+        let mut c = Correlator::new(config(), "test");
+        c.on_batch("errors", &[anomaly("errors", "cart", 0, 7.0)], 0);
+        c.on_batch("latency", &[anomaly("latency", "cart", MIN, 7.0)], MIN);
+        // errors advances far, latency has not: still open (its source may be down).
+        assert!(c.advance("errors", 60 * MIN).is_empty());
+        assert!(c.advance("latency", 5 * MIN).is_empty());
+        let u = c.advance("latency", 11 * MIN);
+        assert_eq!(u.len(), 1);
+        assert_eq!(u[0].kind, UpdateKind::Resolved);
+        assert_eq!(u[0].incident.resolved_at, Some(11 * MIN));
+        assert_eq!(c.open_incidents().count(), 0);
+    }
+
+    #[test]
+    fn restored_incident_absorbs_new_anomalies_instead_of_duplicating() {
+        let mut first = Correlator::new(config(), "test");
+        let u = first.on_batch("errors", &[anomaly("errors", "cart", 0, 7.0)], 0);
+        let mut saved = u[0].incident.clone();
+        saved.id = Some(42);
+        let mut second = Correlator::new(config(), "test");
+        second.restore([saved]);
+        let u = second.on_batch("errors", &[anomaly("errors", "cart", MIN, 7.0)], MIN);
+        assert_eq!(u[0].kind, UpdateKind::Updated);
+        assert_eq!(u[0].incident.id, Some(42));
+    }
+
+    #[test]
+    fn long_backfill_opens_and_resolves_in_one_batch() {
+        let mut c = Correlator::new(config(), "test");
+        let u = c.on_batch("errors", &[anomaly("errors", "cart", 0, 7.0)], 60 * MIN);
+        let kinds: Vec<UpdateKind> = u.iter().map(|u| u.kind).collect();
+        assert_eq!(kinds, vec![UpdateKind::Opened, UpdateKind::Resolved]);
+    }
+
+    #[test]
+    fn evidence_keeps_peak_and_caps_samples() {
+        let mut cfg = config();
+        cfg.evidence_samples = 3;
+        let mut c = Correlator::new(cfg, "test");
+        c.on_batch("errors", &[anomaly("errors", "cart", 0, 7.0)], 0);
+        let u = c.on_batch(
+            "errors",
+            &[
+                anomaly("errors", "cart", MIN, 20.0),
+                anomaly("errors", "cart", 2 * MIN, 9.0),
+            ],
+            2 * MIN,
+        );
+        let e = &u[0].incident.signals[0];
+        assert_eq!(e.peak.score, 20.0);
+        assert_eq!(e.anomaly_count, 3);
+        assert_eq!(e.samples.len(), 3);
+        assert!(e.samples.windows(2).all(|w| w[0].t < w[1].t));
+        assert_eq!(u[0].incident.severity, Severity::Critical);
+    }
+
+    #[test]
+    fn a_new_episode_after_a_gap_closes_the_old_incident_and_opens_another() {
+        let mut c = Correlator::new(config(), "test");
+        c.on_batch("errors", &[anomaly("errors", "cart", 0, 7.0)], 0);
+        // No watermark advance in between (e.g. the batch arrived late):
+        // the next anomaly is beyond the 15-minute grouping window.
+        let u = c.on_batch(
+            "errors",
+            &[anomaly("errors", "cart", 40 * MIN, 7.0)],
+            40 * MIN,
+        );
+        let kinds: Vec<UpdateKind> = u.iter().map(|u| u.kind).collect();
+        assert_eq!(kinds, vec![UpdateKind::Resolved, UpdateKind::Opened]);
+        assert_eq!(u[0].incident.resolved_at, Some(10 * MIN));
+        assert_eq!(u[1].incident.opened_at, 40 * MIN);
+        assert_eq!(c.open_incidents().count(), 1);
+    }
+}

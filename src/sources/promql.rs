@@ -86,9 +86,7 @@ pub struct Selector(BTreeMap<String, String>);
 
 impl Selector {
     /// Builds a selector, validating each name and value.
-    pub fn new(
-        pairs: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<Self, SelectorError> {
+    pub fn new(pairs: impl IntoIterator<Item = (String, String)>) -> Result<Self, SelectorError> {
         let mut map = BTreeMap::new();
         for (name, value) in pairs {
             validate_label_name(&name).map_err(|reason| SelectorError {
@@ -172,9 +170,7 @@ impl QueryTemplate {
             ));
         }
         if t.replace(SELECTOR_PLACEHOLDER, "").contains('$') {
-            return Err(format!(
-                "contains a `$` that is not {SELECTOR_PLACEHOLDER}"
-            ));
+            return Err(format!("contains a `$` that is not {SELECTOR_PLACEHOLDER}"));
         }
         let mut depth_brace = 0i32;
         let mut depth_paren = 0i32;

@@ -1,0 +1,202 @@
+//! Command-line interface: argument parsing and the top-level commands.
+//!
+//! `main.rs` only calls [`run`]; everything here returns errors instead of
+//! exiting so the exit code policy lives in one place.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, LogFormat, LoggingConfig};
+use crate::daemon::{self, DemoOptions};
+
+const EXAMPLES: &str = "\
+Examples:
+  aiopsd demo                          # simulated service + injected fault, API on 127.0.0.1:9464
+  aiopsd demo --once                   # same, exit when the scenario is done (for scripts)
+  aiopsd config check config/aiopsd.yaml
+  AIOPSD_SERVER__API_TOKEN=... aiopsd run --config /etc/aiopsd/aiopsd.yaml
+
+Environment:
+  AIOPSD_<SECTION>__<FIELD>   overrides a config field, e.g. AIOPSD_PROMETHEUS__URL
+  RUST_LOG                    overrides logging.level";
+
+/// aiopsd — finds what is wrong in a Kubernetes service, groups it into
+/// incidents and explains it.
+#[derive(Debug, Parser)]
+#[command(name = "aiopsd", version, about, long_about = None, after_help = EXAMPLES)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the daemon: poll Prometheus, detect, open incidents, serve the API.
+    Run {
+        /// Config file (YAML); see config/aiopsd.yaml.
+        #[arg(long, short, env = "AIOPSD_CONFIG")]
+        config: PathBuf,
+    },
+    /// Run the whole pipeline on a built-in simulated service with an
+    /// injected fault. Needs no cluster and no servers.
+    Demo {
+        /// Exit when the scenario is done instead of serving until Ctrl-C.
+        #[arg(long)]
+        once: bool,
+        /// Where the API listens (a free port is used if this one is taken).
+        #[arg(long, default_value = "127.0.0.1:9464")]
+        listen: SocketAddr,
+        /// Where the demo's store and report go.
+        #[arg(long, default_value = "aiopsd-demo")]
+        data_dir: PathBuf,
+    },
+    /// Work with config files.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Validate a config file (with AIOPSD_* overrides applied); prints
+    /// every problem with its field path and exits 2 if there is one.
+    Check {
+        /// The config file.
+        file: PathBuf,
+    },
+}
+
+/// Exit code for an invalid config, distinct from run-time failure (1).
+const EXIT_INVALID_CONFIG: u8 = 2;
+
+/// Parses the command line and runs the command.
+pub fn run() -> anyhow::Result<ExitCode> {
+    let cli = Cli::parse();
+    crate::install_crypto_provider();
+    match cli.command {
+        Command::Config {
+            command: ConfigCommand::Check { file },
+        } => Ok(config_check(&file)),
+        Command::Run { config } => {
+            let config = match Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    print_config_problems(&config, &e);
+                    return Ok(ExitCode::from(EXIT_INVALID_CONFIG));
+                }
+            };
+            init_logging(&config.logging);
+            runtime()?.block_on(async {
+                let cancel = shutdown_on_signal();
+                daemon::run(config, cancel).await
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo {
+            once,
+            listen,
+            data_dir,
+        } => {
+            init_logging(&LoggingConfig {
+                format: LogFormat::Text,
+                level: "warn,aiopsd=info".into(),
+            });
+            let outcome = runtime()?.block_on(async {
+                let cancel = shutdown_on_signal();
+                daemon::demo(
+                    DemoOptions {
+                        data_dir,
+                        listen,
+                        once,
+                    },
+                    cancel,
+                )
+                .await
+            })?;
+            Ok(if outcome.report_path.is_some() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+    }
+}
+
+fn config_check(file: &std::path::Path) -> ExitCode {
+    match Config::load(file) {
+        Ok(config) => {
+            println!(
+                "{}: ok ({} signal(s), cluster {:?})",
+                file.display(),
+                config.signals.len(),
+                config.cluster
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            print_config_problems(file, &e);
+            ExitCode::from(EXIT_INVALID_CONFIG)
+        }
+    }
+}
+
+fn print_config_problems(file: &std::path::Path, error: &crate::config::ConfigError) {
+    eprintln!("{}: invalid config", file.display());
+    for problem in error.problems() {
+        eprintln!("  {problem}");
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn init_logging(logging: &LoggingConfig) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&logging.level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match logging.format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
+
+/// A token cancelled on SIGTERM or Ctrl-C (SIGINT).
+fn shutdown_on_signal() -> CancellationToken {
+    let cancel = CancellationToken::new();
+    let trigger = cancel.clone();
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            match signal(SignalKind::terminate()) {
+                Ok(mut term) => {
+                    tokio::select! {
+                        _ = ctrl_c => {}
+                        _ = term.recv() => {}
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "Cannot listen for SIGTERM; only Ctrl-C stops aiopsd.");
+                    let _ = ctrl_c.await;
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        tracing::info!("Shutdown requested; finishing in-flight work.");
+        trigger.cancel();
+    });
+    cancel
+}

@@ -1,0 +1,130 @@
+//! The `aiopsd` binary as a user runs it: demo, config check, help.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn aiopsd(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_aiopsd"))
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("aiopsd binary runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn demo_once_detects_the_injected_fault_and_writes_its_report() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data_dir = dir.path().to_str().expect("utf-8 path");
+    let started = std::time::Instant::now();
+    let out = aiopsd(&[
+        "demo",
+        "--once",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data_dir,
+    ]);
+    let stdout = text(&out.stdout);
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout:\n{stdout}\nstderr:\n{}",
+        out.status,
+        text(&out.stderr)
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(60),
+        "the demo must finish well under a minute"
+    );
+    assert!(stdout.contains("Detected: incident #"), "{stdout}");
+    assert!(stdout.contains("checkout (demo)"), "{stdout}");
+    assert!(
+        stdout.contains("other incidents (false alarms): 0"),
+        "the healthy service must not be flagged:\n{stdout}"
+    );
+
+    let report_path = stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("report:"))
+        .map(|p| p.trim().to_string())
+        .expect("demo prints the report path");
+    let report = std::fs::read_to_string(&report_path).expect("report file exists");
+    // The report names the injected fault: the service, the namespace and
+    // both signals the fault moved.
+    for needle in ["checkout", "demo", "error_ratio", "latency_p99_seconds"] {
+        assert!(
+            report.contains(needle),
+            "report lacks {needle:?}:\n{report}"
+        );
+    }
+    assert!(Path::new(data_dir).join("aiopsd-demo.db").exists());
+}
+
+#[test]
+fn config_check_accepts_the_shipped_example() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/aiopsd.yaml");
+    let out = aiopsd(&["config", "check", example]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains(": ok"));
+}
+
+#[test]
+fn config_check_names_each_bad_field_and_exits_2() {
+    let cases: &[(&str, &[&str])] = &[
+        (
+            "prometheus:\n  url: http://127.0.0.1:9090\n  timeout: 10 parsecs\n",
+            &["prometheus.timeout:", "10 parsecs"],
+        ),
+        (
+            "prometheus:\n  url: http://127.0.0.1:9090\nsignals:\n  - name: cpu\n    query: 'up{$selector}'\n    extra: 1\n",
+            &["signals[0].extra: unknown field"],
+        ),
+        (
+            "server:\n  listen: 0.0.0.0:9464\nincidents:\n  resolve_after: 0s\n",
+            &["server.api_token: required", "incidents.resolve_after: must be more than 0s"],
+        ),
+        (
+            "prometheus:\n  url: http://127.0.0.1:9090\nsignals:\n  - name: cpu\n    query: 'rate(cpu_total{$selector}[5m])'\n    selectors:\n      service: 'x\"} or vector(1) or up{a=\"'\n",
+            &["signals[0].selectors", "service"],
+        ),
+        ("prometheus: [unclosed\n", &["invalid YAML", "line"]),
+    ];
+    let dir = tempfile::tempdir().expect("temp dir");
+    for (i, (yaml, needles)) in cases.iter().enumerate() {
+        let file = dir.path().join(format!("bad{i}.yaml"));
+        std::fs::write(&file, yaml).expect("write config");
+        let out = aiopsd(&["config", "check", file.to_str().expect("utf-8 path")]);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "case {i}: {stderr}");
+        for needle in *needles {
+            assert!(
+                stderr.contains(needle),
+                "case {i}: missing {needle:?} in:\n{stderr}"
+            );
+        }
+    }
+}
+
+#[test]
+fn config_check_of_a_missing_file_says_so() {
+    let out = aiopsd(&["config", "check", "/nonexistent/aiopsd.yaml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("cannot read config file /nonexistent/aiopsd.yaml"));
+}
+
+#[test]
+fn help_has_examples_and_version_is_the_crate_version() {
+    let help = text(&aiopsd(&["--help"]).stdout);
+    assert!(
+        help.contains("Examples:") && help.contains("aiopsd demo"),
+        "{help}"
+    );
+    let version = text(&aiopsd(&["--version"]).stdout);
+    assert_eq!(
+        version.trim(),
+        format!("aiopsd {}", env!("CARGO_PKG_VERSION"))
+    );
+}

@@ -119,9 +119,13 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
         })
         .collect();
     let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+    // Registered before the pipeline reports running, so /readyz never
+    // says ready before Prometheus has answered.
+    shared
+        .health
+        .register_source(crate::sources::prometheus::SOURCE_NAME);
     let source_task = tokio::spawn(source.run(
         tx,
-        resume.clone(),
         Arc::clone(&shared.metrics),
         Arc::clone(&shared.health),
         cancel.clone(),

@@ -26,8 +26,12 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
+        let text = s.to_string();
+        // Some errors (reqwest's) repeat their cause in their own message.
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
         source = s.source();
     }
     out
@@ -365,5 +369,40 @@ impl Health {
             }
         }
         (reasons.is_empty(), reasons, sources)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot write incident")]
+    struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn error_chain_shows_the_cause_once() {
+        let e = Outer(std::io::Error::other("disk full"));
+        assert_eq!(error_chain(&e), "cannot write incident: disk full");
+    }
+
+    #[test]
+    fn readiness_lists_every_reason_until_all_is_well() {
+        let health = Health::new();
+        health.register_source("prometheus");
+        let (ready, reasons, _) = health.readiness();
+        assert!(!ready);
+        assert_eq!(reasons.len(), 3, "{reasons:?}");
+        health.set_pipeline_running(true);
+        health.set_store_ok(true);
+        health.source_failed("prometheus", "connection refused");
+        let (_, reasons, _) = health.readiness();
+        assert_eq!(
+            reasons,
+            vec!["source prometheus is down: connection refused"]
+        );
+        health.source_ok("prometheus");
+        health.source_backfilled("prometheus");
+        assert!(health.readiness().0);
     }
 }

@@ -17,17 +17,103 @@ use serde::{Deserialize, Serialize};
 /// and the fast simulated demo behave exactly like live polling.
 pub type TimestampMs = i64;
 
+/// A sorted set of label pairs, stored compactly.
+///
+/// One of these lives in every tracked series key, 100k of them in a large
+/// installation: a boxed slice costs one allocation sized to fit, where a
+/// `BTreeMap` reserves a node for eleven entries (~540 bytes) even for
+/// three labels. Serialized as a JSON/YAML map, like a `BTreeMap`.
+#[derive(Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Labels(Box<[(Box<str>, Box<str>)]>);
+
+impl Labels {
+    /// The value of a label, if present.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .binary_search_by(|(k, _)| (**k).cmp(name))
+            .ok()
+            .map(|i| &*self.0[i].1)
+    }
+
+    /// Pairs in label-name order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (&**k, &**v))
+    }
+
+    /// Number of labels.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// True when there are no labels.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Heap bytes held, for memory accounting.
+    pub fn heap_bytes(&self) -> usize {
+        self.0.len() * std::mem::size_of::<(Box<str>, Box<str>)>()
+            + self.0.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+    }
+}
+
+impl FromIterator<(String, String)> for Labels {
+    /// Sorts by name; when a name repeats, the last value wins.
+    fn from_iter<I: IntoIterator<Item = (String, String)>>(pairs: I) -> Self {
+        let map: BTreeMap<String, String> = pairs.into_iter().collect();
+        map.into()
+    }
+}
+
+impl From<BTreeMap<String, String>> for Labels {
+    fn from(map: BTreeMap<String, String>) -> Self {
+        Labels(
+            map.into_iter()
+                .map(|(k, v)| (k.into_boxed_str(), v.into_boxed_str()))
+                .collect(),
+        )
+    }
+}
+
+impl PartialEq<BTreeMap<String, String>> for Labels {
+    fn eq(&self, other: &BTreeMap<String, String>) -> bool {
+        self.len() == other.len()
+            && self
+                .iter()
+                .zip(other.iter())
+                .all(|((k, v), (ok, ov))| k == ok && v == ov)
+    }
+}
+
+impl fmt::Debug for Labels {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+impl Serialize for Labels {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.iter())
+    }
+}
+
+impl<'de> Deserialize<'de> for Labels {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        BTreeMap::<String, String>::deserialize(d).map(Labels::from)
+    }
+}
+
 /// Identity of one watched time series: the signal it belongs to plus the
 /// labels Prometheus returned for it.
 ///
-/// Labels are kept sorted (BTreeMap) so the same series always produces the
-/// same key and the same display string, whatever order a source used.
+/// Labels are kept sorted so the same series always produces the same key
+/// and the same display string, whatever order a source used.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct SeriesKey {
     /// Name of the configured signal (e.g. `error_ratio`).
     pub signal: String,
     /// Labels of the series as returned by the source.
-    pub labels: BTreeMap<String, String>,
+    pub labels: Labels,
 }
 
 impl SeriesKey {
@@ -44,7 +130,12 @@ impl SeriesKey {
 
     /// The value of a label, if present.
     pub fn label(&self, name: &str) -> Option<&str> {
-        self.labels.get(name).map(String::as_str)
+        self.labels.get(name)
+    }
+
+    /// Heap and inline bytes of this key, for memory accounting.
+    pub fn bytes(&self) -> usize {
+        std::mem::size_of::<Self>() + self.signal.capacity() + self.labels.heap_bytes()
     }
 }
 
@@ -169,6 +260,23 @@ mod tests {
             key.to_string(),
             r#"error_ratio{namespace="shop\"x",service="cart"}"#
         );
+    }
+
+    #[test]
+    fn labels_sort_look_up_and_serialize_as_a_map() {
+        let labels: Labels = [
+            ("service".to_string(), "cart".to_string()),
+            ("namespace".to_string(), "shop".to_string()),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(labels.get("service"), Some("cart"));
+        assert_eq!(labels.get("pod"), None);
+        let json = serde_json::to_string(&labels).expect("serialize");
+        assert_eq!(json, r#"{"namespace":"shop","service":"cart"}"#);
+        let back: Labels = serde_json::from_str(&json).expect("deserialize");
+        assert_eq!(back, labels);
+        assert!(labels.heap_bytes() < 128, "{}", labels.heap_bytes());
     }
 
     #[test]

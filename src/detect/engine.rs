@@ -155,15 +155,8 @@ impl Engine {
             .series
             .iter()
             .map(|(key, state)| {
-                let key_bytes = std::mem::size_of::<SeriesKey>()
-                    + key.signal.capacity()
-                    + key
-                        .labels
-                        .iter()
-                        .map(|(k, v)| {
-                            k.capacity() + v.capacity() + 3 * std::mem::size_of::<usize>()
-                        })
-                        .sum::<usize>();
+                // Arc allocation: two counters plus the key itself.
+                let key_bytes = 2 * std::mem::size_of::<usize>() + key.bytes();
                 std::mem::size_of::<(Arc<SeriesKey>, SeriesState)>()
                     + state.detector.state_bytes()
                     + state.context.capacity() * std::mem::size_of::<Sample>()

@@ -2,11 +2,14 @@
 //! with clipped residuals.
 //!
 //! Why this one first: it costs a handful of floating-point operations and
-//! 40 bytes per series, adapts to slow level drift (daily shape) and to the
+//! 64 bytes per series, adapts to slow level drift (daily shape) and to the
 //! noise of each series, and a single outlier cannot drag its baseline
 //! because each update is clipped at `clip` spreads (a Huber-style robust
-//! update). A sustained shift is absorbed gradually, which is what "adapts
-//! to level" means for an online detector; meanwhile it alarms.
+//! update). Samples past the threshold do not update the baseline at all,
+//! so a sustained fault keeps alarming instead of slowly becoming "normal";
+//! only a shift that lasts `adapt_after` samples is accepted as the new
+//! level (a deploy that legitimately changed the baseline, a traffic shift).
+//! That trade-off is explicit and tunable per signal.
 //!
 //! Warm-up uses plain running averages (weight `1/n`) until `warmup`
 //! samples were seen, so the first estimates are not biased towards the
@@ -43,6 +46,11 @@ pub struct RobustEwmaParams {
     /// detector reports; filters single-sample spikes. Default: `2`.
     #[serde(default = "default_confirm")]
     pub confirm: u32,
+    /// Consecutive past-threshold samples after which a shift is accepted
+    /// as the new normal: the baseline jumps to the new level and alarms
+    /// stop. Default: `60` (30 min at a 30 s step).
+    #[serde(default = "default_adapt_after")]
+    pub adapt_after: u32,
     /// Smallest spread as a fraction of the level, so a very flat series
     /// does not alarm on a tiny wiggle. Default: `0.01`.
     #[serde(default = "default_min_relative_spread")]
@@ -70,6 +78,9 @@ fn default_warmup() -> u32 {
 fn default_confirm() -> u32 {
     2
 }
+fn default_adapt_after() -> u32 {
+    60
+}
 fn default_min_relative_spread() -> f64 {
     0.01
 }
@@ -86,6 +97,7 @@ impl Default for RobustEwmaParams {
             clip: default_clip(),
             warmup: default_warmup(),
             confirm: default_confirm(),
+            adapt_after: default_adapt_after(),
             min_relative_spread: default_min_relative_spread(),
             min_spread: default_min_spread(),
         }
@@ -116,14 +128,28 @@ impl RobustEwmaParams {
         if !(1..=100).contains(&self.confirm) {
             return Err(format!("confirm must be 1..=100, got {}", self.confirm));
         }
+        if self.adapt_after < self.confirm {
+            return Err(format!(
+                "adapt_after must be >= confirm ({}), got {}",
+                self.confirm, self.adapt_after
+            ));
+        }
         if !(self.min_relative_spread >= 0.0 && self.min_relative_spread.is_finite()) {
             return Err(format!(
                 "min_relative_spread must be >= 0, got {}",
                 self.min_relative_spread
             ));
         }
-        if !(self.min_spread > 0.0 && self.min_spread.is_finite()) {
-            return Err(format!("min_spread must be > 0, got {}", self.min_spread));
+        // Tunables are held as f32 in the per-series state: reject values
+        // that f32 cannot hold, rather than silently rounding them to 0 or inf.
+        if !(self.min_spread >= 1e-30 && self.min_spread <= 1e30) {
+            return Err(format!(
+                "min_spread must be in [1e-30, 1e30], got {}",
+                self.min_spread
+            ));
+        }
+        if self.min_relative_spread > 1e30 || self.threshold > 1e30 || self.clip > 1e30 {
+            return Err("min_relative_spread, threshold and clip must be at most 1e30".into());
         }
         Ok(())
     }
@@ -149,6 +175,7 @@ pub struct RobustEwma {
     /// Consecutive past-threshold samples; sign gives their direction.
     streak: i32,
     confirm: u16,
+    adapt_after: u16,
     direction: Direction,
 }
 
@@ -168,6 +195,7 @@ impl RobustEwma {
             warmup: p.warmup,
             streak: 0,
             confirm: u16::try_from(p.confirm).unwrap_or(u16::MAX),
+            adapt_after: u16::try_from(p.adapt_after).unwrap_or(u16::MAX),
             direction,
         }
     }
@@ -213,22 +241,24 @@ impl Detector for RobustEwma {
         };
         let anomalous = warm && self.streak.unsigned_abs() >= u32::from(self.confirm);
 
-        // Learn: plain averages while warming up, then exponential weights;
-        // once warm, residuals are clipped so outliers cannot drag the baseline.
+        // Learn: plain averages while warming up, then exponential weights
+        // with residuals clipped so outliers cannot drag the baseline. Once
+        // warm, samples past the threshold teach nothing — unless the shift
+        // has lasted `adapt_after` samples, when it becomes the new normal.
         self.seen = self.seen.saturating_add(1);
-        let (a, b, r) = if warm {
-            let limit = f64::from(self.clip) * spread;
-            (
-                f64::from(self.alpha),
-                f64::from(self.beta),
-                residual.clamp(-limit, limit),
-            )
-        } else {
+        if !warm {
             let w = (1.0 / f64::from(self.seen)).max(f64::from(self.alpha));
-            (w, w, residual)
-        };
-        self.level += a * r;
-        self.var = (1.0 - b) * self.var + b * r * r;
+            self.level += w * residual;
+            self.var = (1.0 - w) * self.var + w * residual * residual;
+        } else if self.streak.unsigned_abs() >= u32::from(self.adapt_after) {
+            self.level = x;
+            self.streak = 0;
+        } else if !past {
+            let limit = f64::from(self.clip) * spread;
+            let r = residual.clamp(-limit, limit);
+            self.level += f64::from(self.alpha) * r;
+            self.var = (1.0 - f64::from(self.beta)) * self.var + f64::from(self.beta) * r * r;
+        }
 
         Score {
             z: if warm { z } else { 0.0 },
@@ -315,6 +345,23 @@ mod tests {
     }
 
     #[test]
+    fn sustained_shift_alarms_until_adapt_after_then_becomes_normal() {
+        let p = RobustEwmaParams {
+            adapt_after: 40,
+            ..Default::default()
+        };
+        let mut d = RobustEwma::new(p, Direction::Both);
+        let mut values: Vec<f64> = (0..300).map(|i| 10.0 + noise(i)).collect();
+        values.extend((300..400).map(|i| 30.0 + noise(i)));
+        let scores = run(&mut d, values);
+        // Alarms for the whole first 40 samples of the shift (after confirmation)...
+        assert!(scores[301..339].iter().all(|s| s.anomalous), "fault keeps alarming");
+        // ...then the new level is accepted.
+        assert!(scores[345..400].iter().all(|s| !s.anomalous));
+        assert!((scores[399].expected - 30.0).abs() < 1.0, "{:?}", scores[399]);
+    }
+
+    #[test]
     fn state_is_small() {
         let d = RobustEwma::new(RobustEwmaParams::default(), Direction::Both);
         assert!(d.state_bytes() <= 64, "{}", d.state_bytes());
@@ -332,5 +379,11 @@ mod tests {
             ..Default::default()
         };
         assert!(p.validate().expect_err("invalid").starts_with("confirm"));
+        // Would round to 0 in the detector's f32 state.
+        let p = RobustEwmaParams {
+            min_spread: 1e-46,
+            ..Default::default()
+        };
+        assert!(p.validate().expect_err("invalid").starts_with("min_spread"));
     }
 }

@@ -650,7 +650,7 @@ mod tests {
             .into_iter()
             .collect();
         for s in &mut inc.signals {
-            s.series.labels = inc.group.clone();
+            s.series.labels = inc.group.clone().into();
         }
         inc.signals[0].samples.clear();
         inc.signals[0].anomalous_at.clear();

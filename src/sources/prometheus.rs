@@ -232,7 +232,7 @@ fn series_key(
     }
     SeriesKey {
         signal: signal.to_string(),
-        labels,
+        labels: labels.into(),
     }
 }
 

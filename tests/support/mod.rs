@@ -9,11 +9,14 @@
 //! - [`openmetrics`]: writes OpenMetrics files (series with known shapes,
 //!   such as a step anomaly) for `promtool tsdb create-blocks-from openmetrics`.
 //!
+//! - [`daemon`]: the `aiopsd run` binary as a child process with its API.
+//!
 //! Use from a test file with `mod support;`.
 
 // Each test binary compiles this module but uses only part of it.
 #![allow(dead_code)]
 
+pub mod daemon;
 pub mod fake_prometheus;
 pub mod openmetrics;
 pub mod real_prometheus;

@@ -189,6 +189,16 @@ pub struct Config {
     /// The series to watch.
     #[serde(default)]
     pub signals: Vec<SignalConfig>,
+    /// Lease-based leader election between replicas: only the holder runs
+    /// the pipeline. Off by default (a single instance needs none).
+    #[serde(default)]
+    pub leader_election: crate::leader::LeaderElectionConfig,
+    /// MQTT event publishing (src/publish/config.rs). Absent: no publisher.
+    #[serde(default)]
+    pub mqtt: Option<crate::publish::config::MqttConfig>,
+    /// Approvals of pending actions through the API and MQTT.
+    #[serde(default)]
+    pub approvals: crate::publish::config::ApprovalsConfig,
 }
 
 fn default_cluster() -> String {
@@ -567,6 +577,10 @@ impl Config {
             detection: DetectionConfig::default(),
             incidents: IncidentConfig::default(),
             signals: Vec::new(),
+            leader_election: crate::leader::LeaderElectionConfig::default(),
+            // The demo has no broker.
+            mqtt: None,
+            approvals: crate::publish::config::ApprovalsConfig::default(),
         }
     }
 
@@ -620,6 +634,13 @@ impl Config {
                 "required when signals are configured".into(),
             );
         }
+        self.leader_election.validate(&mut err);
+        crate::publish::config::validate(
+            &self.cluster,
+            self.mqtt.as_ref(),
+            &self.approvals,
+            &mut err,
+        );
         if let Err(reason) = self.detection.detector.validate() {
             err("detection.detector".into(), reason);
         }
@@ -820,7 +841,19 @@ fn apply_env_overrides(
 }
 
 /// Fields that are always strings, whatever the variable looks like.
-const STRING_FIELDS: &[&str] = &["api_token", "url", "path", "cluster", "level", "password"];
+const STRING_FIELDS: &[&str] = &[
+    "api_token",
+    "url",
+    "path",
+    "cluster",
+    "level",
+    "password",
+    "secret",
+    "username",
+    "client_id",
+    "topic_prefix",
+    "topic",
+];
 
 fn env_scalar(path: &[String], raw: &str) -> Value {
     let last = path.last().map(String::as_str).unwrap_or_default();

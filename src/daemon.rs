@@ -30,6 +30,7 @@ use crate::detect::{Engine, SignalDetection};
 use crate::incident::{
     report, Correlator, Incident, IncidentUpdate, Store, StoreError, UpdateKind,
 };
+use crate::leader::{HoldOutcome, LeaderElector};
 use crate::server::{self, AppState};
 use crate::signal::{now_ms, Anomaly, SeriesBatch, TimestampMs};
 use crate::sources::prometheus::PrometheusSource;
@@ -99,6 +100,41 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
     );
     let server = spawn_server(&config, &shared, listener, cancel.clone());
 
+    // With leader election on, this replica serves /healthz, /readyz and
+    // the API from here on, but starts nothing that polls or writes until
+    // it holds the lease.
+    let elector = match wait_for_leadership(&config, &shared, &cancel).await {
+        Ok(Leadership::Leader(elector)) => Some(*elector),
+        Ok(Leadership::NotElecting) => None,
+        Ok(Leadership::Cancelled) => {
+            cancel.cancel();
+            let _ = server.await;
+            tracing::info!("aiopsd stopped while standing by.");
+            return Ok(());
+        }
+        Err(error) => {
+            cancel.cancel();
+            let _ = server.await;
+            return Err(error);
+        }
+    };
+    // The pipeline's own token: cancelled by shutdown (it is a child of
+    // `cancel`) or by losing the lease, which must stop the pipeline but
+    // leave the HTTP server to the end.
+    let pipeline_cancel = cancel.child_token();
+    let holder = elector.map(|elector| spawn_lease_holder(elector, &shared, &pipeline_cancel));
+    shared.metrics.set_leader(true);
+    // Sends the events the incident stage queues; reads the outbox at its
+    // own pace, so a slow or absent broker never holds up detection.
+    let publisher = crate::publish::start(
+        &config,
+        &shared.store,
+        &shared.metrics,
+        &shared.health,
+        pipeline_cancel.clone(),
+    )
+    .context("cannot start the event publisher")?;
+
     let mut resume = HashMap::new();
     for signal in &config.signals {
         if let Some(t) = shared.store.cursor(&signal.name)? {
@@ -128,14 +164,124 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
         tx,
         Arc::clone(&shared.metrics),
         Arc::clone(&shared.health),
-        cancel.clone(),
+        pipeline_cancel.clone(),
     ));
-    let result = run_pipeline(&config, detections, rx, &shared, resume, cancel.clone()).await;
-    cancel.cancel();
+    let result = run_pipeline(
+        &config,
+        detections,
+        rx,
+        &shared,
+        resume,
+        pipeline_cancel.clone(),
+    )
+    .await;
+    pipeline_cancel.cancel();
     let _ = source_task.await;
+    let _ = publisher.await;
+    shared.metrics.set_leader(false);
+    let lost = match holder {
+        Some(holder) => end_leadership(holder).await,
+        None => None,
+    };
+    cancel.cancel();
     let _ = server.await;
     tracing::info!("aiopsd stopped.");
+    if let Some(reason) = lost {
+        // Exiting (non-zero) rather than re-entering the election in
+        // process: the pipeline's state (detectors, correlator, store) was
+        // built as the single writer, and a restart is the one clean way
+        // back to "standby with nothing running". Kubernetes restarts the
+        // pod, which then waits for the lease like any standby.
+        anyhow::bail!(
+            "lost the leader lease ({reason}); exiting so Kubernetes restarts this pod as a standby"
+        );
+    }
     result
+}
+
+/// Why [`run`] may start the pipeline, or not.
+enum Leadership {
+    /// Leader election is off: this instance always runs the pipeline.
+    NotElecting,
+    /// This replica holds the lease (boxed: the elector is large and this
+    /// value lives only for a moment).
+    Leader(Box<LeaderElector>),
+    /// Shutdown was requested while standing by.
+    Cancelled,
+}
+
+/// The reason /readyz gives while another replica runs the pipeline.
+pub const STANDBY_REASON: &str = "standby: another replica holds the lease";
+
+/// Waits until this replica holds the lease (when election is on), showing
+/// [`STANDBY_REASON`] on /readyz meanwhile.
+async fn wait_for_leadership(
+    config: &Config,
+    shared: &Shared,
+    cancel: &CancellationToken,
+) -> anyhow::Result<Leadership> {
+    if !config.leader_election.enabled {
+        return Ok(Leadership::NotElecting);
+    }
+    shared.health.set_standby(Some(STANDBY_REASON.into()));
+    let mut elector = LeaderElector::connect(&config.leader_election)
+        .await
+        .context("cannot start leader election")?;
+    let settings = elector.settings();
+    tracing::info!(
+        lease = %settings.lease_name,
+        namespace = %settings.namespace,
+        identity = %settings.identity,
+        "Standing by until this replica holds the leader lease."
+    );
+    if !elector.acquire(cancel).await {
+        return Ok(Leadership::Cancelled);
+    }
+    shared.health.set_standby(None);
+    Ok(Leadership::Leader(Box::new(elector)))
+}
+
+/// Renews the lease in the background; on loss, cancels the pipeline.
+/// Yields the elector back (to release the lease) and the loss reason.
+fn spawn_lease_holder(
+    mut elector: LeaderElector,
+    shared: &Shared,
+    pipeline_cancel: &CancellationToken,
+) -> JoinHandle<(LeaderElector, Option<String>)> {
+    let pipeline_cancel = pipeline_cancel.clone();
+    let health = Arc::clone(&shared.health);
+    tokio::spawn(async move {
+        match elector.hold(&pipeline_cancel).await {
+            HoldOutcome::Cancelled => (elector, None),
+            HoldOutcome::Lost { reason } => {
+                tracing::error!(
+                    reason = %reason,
+                    "Lost the leader lease; stopping the pipeline and exiting."
+                );
+                health.set_standby(Some(format!("lost the leader lease: {reason}")));
+                pipeline_cancel.cancel();
+                (elector, Some(reason))
+            }
+        }
+    })
+}
+
+/// Stops renewing; gives the lease up when it is still held, so the
+/// standby takes over at once. Returns the loss reason, if it was lost.
+async fn end_leadership(holder: JoinHandle<(LeaderElector, Option<String>)>) -> Option<String> {
+    match holder.await {
+        Ok((_, Some(reason))) => Some(reason),
+        Ok((mut elector, None)) => {
+            if let Err(error) = elector.release().await {
+                tracing::warn!(
+                    error = %error_chain(&error),
+                    "Could not release the leader lease; the standby takes over when it expires."
+                );
+            }
+            None
+        }
+        Err(error) => Some(format!("the lease renewal task failed: {error}")),
+    }
 }
 
 /// Options of `aiopsd demo`.
@@ -405,7 +551,7 @@ async fn incident_stage(
     Ok(())
 }
 
-/// Saves an incident, retrying with backoff while the store fails (the
+/// Saves an incident and queues its events, retrying with backoff while the store fails (the
 /// pipeline waits meanwhile: losing an incident is worse than lagging).
 async fn persist(
     shared: &Shared,
@@ -413,10 +559,16 @@ async fn persist(
     cancel: &CancellationToken,
 ) -> anyhow::Result<i64> {
     let incident = Arc::new(update.incident.clone());
-    with_store_retry(shared, cancel, move |store| {
-        store.upsert_incident(&incident)
+    let kind = update.kind;
+    // The incident and the events its change causes (the outbox,
+    // src/publish/) are written in one transaction: neither can exist
+    // without the other, whatever crashes when.
+    let saved = with_store_retry(shared, cancel, move |store| {
+        store.save_incident_with_events(&incident, kind, now_ms())
     })
-    .await
+    .await?;
+    saved.report.emit(&shared.metrics);
+    Ok(saved.id)
 }
 
 async fn persist_cursor(
@@ -455,6 +607,7 @@ async fn with_store_retry<T: Send + 'static>(
             }
             Err(error) => {
                 shared.health.set_store_ok(false);
+                shared.metrics.store_error();
                 let chain = error_chain(&error);
                 if !error.is_retryable() {
                     tracing::error!(error = %chain, "Store write failed permanently; stopping the pipeline.");

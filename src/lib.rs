@@ -7,6 +7,9 @@
 //!
 //! Types that travel between stages live in [`signal`]; configuration in
 //! [`config`]; aiopsd's own metrics and readiness in [`telemetry`].
+//! With two replicas, [`leader`] decides which one runs the pipeline.
+//! [`publish`] sends incident and action events over MQTT from a durable
+//! outbox and takes approvals of pending actions.
 
 #![warn(missing_docs, unreachable_pub)]
 
@@ -15,6 +18,8 @@ pub mod config;
 pub mod daemon;
 pub mod detect;
 pub mod incident;
+pub mod leader;
+pub mod publish;
 pub mod server;
 pub mod signal;
 pub mod sources;

@@ -65,6 +65,10 @@ pub struct Metrics {
     incidents_opened: Counter,
     incidents_resolved: Counter,
     source_up: Family<SourceLabel, Gauge>,
+    /// Broker, outbox and approval metrics; methods in src/publish/telemetry.rs.
+    pub(crate) publish: crate::publish::telemetry::PublishMetrics,
+    store_errors: Counter,
+    leader: Gauge,
 }
 
 impl Metrics {
@@ -84,6 +88,9 @@ impl Metrics {
         let incidents_opened = Counter::default();
         let incidents_resolved = Counter::default();
         let source_up = Family::<SourceLabel, Gauge>::default();
+        let publish = crate::publish::telemetry::PublishMetrics::register(&mut registry);
+        let store_errors = Counter::default();
+        let leader = Gauge::default();
         registry.register(
             "polls",
             "Polls of a signal, successful or not",
@@ -135,6 +142,16 @@ impl Metrics {
             "1 when the source's last poll succeeded",
             source_up.clone(),
         );
+        registry.register(
+            "store_errors",
+            "Store operations that failed (each retry counts)",
+            store_errors.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this replica runs the pipeline (holds the leader lease, or election is off)",
+            leader.clone(),
+        );
         Self {
             registry,
             polls,
@@ -148,6 +165,9 @@ impl Metrics {
             incidents_opened,
             incidents_resolved,
             source_up,
+            publish,
+            store_errors,
+            leader,
         }
     }
 
@@ -245,6 +265,21 @@ impl Metrics {
     }
 }
 
+impl Metrics {
+    /// A store operation failed (the caller logs it with its cause and
+    /// decides whether to retry). Counted so an alert can fire on a store
+    /// that keeps failing while the pipeline waits.
+    pub fn store_error(&self) {
+        self.store_errors.inc();
+    }
+
+    /// This replica started or stopped running the pipeline as the leader.
+    /// Summed over replicas it must be 1; an alert fires when it is 0.
+    pub fn set_leader(&self, leader: bool) {
+        self.leader.set(i64::from(leader));
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
@@ -275,6 +310,9 @@ pub struct Health {
     pipeline_running: AtomicBool,
     store_ok: AtomicBool,
     polls_total: AtomicU64,
+    /// Status of the event publishers, for /readyz (src/publish/telemetry.rs).
+    pub(crate) publishers: Mutex<Vec<crate::publish::telemetry::PublisherStatus>>,
+    standby: Mutex<Option<String>>,
 }
 
 impl Health {
@@ -345,6 +383,19 @@ impl Health {
         self.store_ok.store(ok, Ordering::Relaxed);
     }
 
+    /// Marks this replica as a standby (`Some(reason)`, shown first by
+    /// /readyz) or as the one that runs the pipeline (`None`).
+    ///
+    /// A standby is deliberately not ready: its store is not the one being
+    /// written, so the Service must not send it API requests or alerts.
+    pub fn set_standby(&self, reason: Option<String>) {
+        let mut standby = match self.standby.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        *standby = reason;
+    }
+
     /// Whether the daemon is ready, and if not, every reason why.
     pub fn readiness(&self) -> (bool, Vec<String>, Vec<SourceStatus>) {
         let sources = match self.sources.lock() {
@@ -352,6 +403,11 @@ impl Health {
             Err(poisoned) => poisoned.into_inner().clone(),
         };
         let mut reasons = Vec::new();
+        let standby = match self.standby.lock() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        reasons.extend(standby);
         if !self.pipeline_running.load(Ordering::Relaxed) {
             reasons.push("pipeline is not running".to_string());
         }
@@ -403,6 +459,19 @@ mod tests {
         );
         health.source_ok("prometheus");
         health.source_backfilled("prometheus");
+        assert!(health.readiness().0);
+    }
+
+    #[test]
+    fn a_standby_is_not_ready_and_says_why_first() {
+        let health = Health::new();
+        health.set_store_ok(true);
+        health.set_standby(Some("standby: another replica holds the lease".into()));
+        let (ready, reasons, _) = health.readiness();
+        assert!(!ready);
+        assert_eq!(reasons[0], "standby: another replica holds the lease");
+        health.set_standby(None);
+        health.set_pipeline_running(true);
         assert!(health.readiness().0);
     }
 }

@@ -355,10 +355,17 @@ mod tests {
         values.extend((300..400).map(|i| 30.0 + noise(i)));
         let scores = run(&mut d, values);
         // Alarms for the whole first 40 samples of the shift (after confirmation)...
-        assert!(scores[301..339].iter().all(|s| s.anomalous), "fault keeps alarming");
+        assert!(
+            scores[301..339].iter().all(|s| s.anomalous),
+            "fault keeps alarming"
+        );
         // ...then the new level is accepted.
         assert!(scores[345..400].iter().all(|s| !s.anomalous));
-        assert!((scores[399].expected - 30.0).abs() < 1.0, "{:?}", scores[399]);
+        assert!(
+            (scores[399].expected - 30.0).abs() < 1.0,
+            "{:?}",
+            scores[399]
+        );
     }
 
     #[test]

@@ -30,6 +30,11 @@ use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
 use super::{Incident, IncidentId, IncidentState, TimelineEntry};
 use crate::signal::TimestampMs;
 
+// The outbox and approval tables (migration 2): a child module so it can
+// use the connection and the transaction helpers here.
+#[path = "store_outbox.rs"]
+mod outbox;
+
 /// Schema migrations, applied in order; migration `i` brings the schema to
 /// `user_version = i + 1`.
 ///
@@ -78,6 +83,68 @@ const MIGRATIONS: &[&str] = &[
         signal   TEXT    PRIMARY KEY,
         until_ms INTEGER NOT NULL
     ) WITHOUT ROWID;
+    "#,
+    // 2: event outbox, per-incident event sequences, pending actions and
+    // approval nonces (src/incident/store_outbox.rs, src/publish/).
+    r#"
+    -- Last event sequence number per incident: event ids are
+    -- <cluster>:<incident id>:<seq>, so consumers can deduplicate.
+    CREATE TABLE event_sequences (
+        incident_id INTEGER PRIMARY KEY REFERENCES incidents (id) ON DELETE CASCADE,
+        last_seq    INTEGER NOT NULL
+    );
+    -- The senders that take events from the outbox, their bound and their
+    -- current depth (kept here so a bound check is one row, not a COUNT).
+    CREATE TABLE outbox_sinks (
+        sink       TEXT    PRIMARY KEY,
+        max_events INTEGER NOT NULL,
+        depth      INTEGER NOT NULL DEFAULT 0
+    ) WITHOUT ROWID;
+    -- One row per event per sink, deleted once the sink's far side
+    -- acknowledged it. AUTOINCREMENT: the id is the queue order and must
+    -- never go back, even when the queue empties.
+    CREATE TABLE outbox (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        sink        TEXT    NOT NULL,
+        event_id    TEXT    NOT NULL,
+        incident_id INTEGER NOT NULL,
+        kind        TEXT    NOT NULL,
+        route       TEXT    NOT NULL,
+        payload     TEXT    NOT NULL,
+        created_at  INTEGER NOT NULL,
+        -- For senders that retry rows one by one (the webhook notifier);
+        -- the MQTT sender resends whole windows and leaves them alone.
+        attempts    INTEGER NOT NULL DEFAULT 0,
+        last_error  TEXT
+    );
+    CREATE UNIQUE INDEX outbox_identity ON outbox (sink, event_id);
+    CREATE INDEX outbox_by_sink ON outbox (sink, id);
+
+    -- Actions waiting for (or having had) a person's decision. `state` has
+    -- no CHECK so remediation can add states without rebuilding the table;
+    -- the code only writes known ones.
+    CREATE TABLE pending_actions (
+        id           INTEGER PRIMARY KEY AUTOINCREMENT,
+        incident_id  INTEGER NOT NULL REFERENCES incidents (id),
+        description  TEXT    NOT NULL,
+        detail       TEXT    NOT NULL,
+        requested_at INTEGER NOT NULL,
+        expires_at   INTEGER NOT NULL,
+        state        TEXT    NOT NULL,
+        decided_by   TEXT,
+        reason       TEXT,
+        decided_at   INTEGER,
+        channel      TEXT
+    );
+    CREATE INDEX pending_actions_by_state ON pending_actions (state, id);
+    CREATE INDEX pending_actions_by_incident ON pending_actions (incident_id);
+    -- Nonces of signed approval messages already seen: a replay is refused.
+    CREATE TABLE approval_nonces (
+        nonce     TEXT    PRIMARY KEY,
+        action_id INTEGER NOT NULL,
+        seen_at   INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX approval_nonces_by_age ON approval_nonces (seen_at);
     "#,
 ];
 
@@ -175,6 +242,12 @@ pub enum StoreError {
         #[source]
         source: rusqlite::Error,
     },
+    /// An action was requested for an incident the store does not have.
+    #[error("there is no incident {id}")]
+    UnknownIncident {
+        /// The id asked for.
+        id: IncidentId,
+    },
     /// Checkpointing the write-ahead log into the main file failed.
     #[error("cannot checkpoint the store's write-ahead log")]
     Checkpoint {
@@ -202,7 +275,8 @@ impl StoreError {
             StoreError::NewerSchema { .. }
             | StoreError::Encode { .. }
             | StoreError::Decode { .. }
-            | StoreError::AlreadyOpen { .. } => false,
+            | StoreError::AlreadyOpen { .. }
+            | StoreError::UnknownIncident { .. } => false,
         }
     }
 }
@@ -321,68 +395,13 @@ impl Store {
     /// incident for a group that already has one fails with
     /// [`StoreError::AlreadyOpen`].
     pub fn upsert_incident(&self, incident: &Incident) -> Result<IncidentId, StoreError> {
-        let group_key = incident.group_key();
-        let detail = encode_detail(incident, &group_key)?;
         let mut conn = self.lock();
         let write = |source| StoreError::Write {
             what: "incident",
             source,
         };
         let tx = conn.transaction().map_err(write)?;
-        let id: IncidentId = tx
-            .query_row(
-                "INSERT INTO incidents (group_key, cluster, state, severity, service, namespace,
-                                        opened_at, last_anomaly_at, resolved_at, anomaly_count, detail)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
-                 ON CONFLICT (group_key, opened_at) DO UPDATE SET
-                     cluster = excluded.cluster,
-                     state = excluded.state,
-                     severity = excluded.severity,
-                     service = excluded.service,
-                     namespace = excluded.namespace,
-                     last_anomaly_at = excluded.last_anomaly_at,
-                     resolved_at = excluded.resolved_at,
-                     anomaly_count = excluded.anomaly_count,
-                     detail = excluded.detail
-                 RETURNING id",
-                params![
-                    group_key,
-                    incident.cluster,
-                    incident.state.as_str(),
-                    incident.severity.as_str(),
-                    incident.group_label("service"),
-                    incident.group_label("namespace"),
-                    incident.opened_at,
-                    incident.last_anomaly_at,
-                    incident.resolved_at,
-                    // SQLite integers are i64; a count past i64::MAX is not a real case.
-                    i64::try_from(incident.anomaly_count).unwrap_or(i64::MAX),
-                    detail,
-                ],
-                |row| row.get(0),
-            )
-            .map_err(|source| {
-                if is_unique_violation(&source) {
-                    StoreError::AlreadyOpen {
-                        group_key: group_key.clone(),
-                    }
-                } else {
-                    write(source)
-                }
-            })?;
-        {
-            let mut insert = tx
-                .prepare_cached(
-                    "INSERT OR IGNORE INTO incident_events (incident_id, at, kind, message)
-                     VALUES (?1, ?2, ?3, ?4)",
-                )
-                .map_err(write)?;
-            for entry in &incident.timeline {
-                insert
-                    .execute(params![id, entry.at, entry.kind, entry.message])
-                    .map_err(write)?;
-            }
-        }
+        let (id, _) = write_incident(&tx, incident)?;
         tx.commit().map_err(write)?;
         Ok(id)
     }
@@ -550,6 +569,81 @@ impl Store {
                 source,
             })
     }
+}
+
+/// Upserts an incident row and appends its timeline entries not stored
+/// yet, inside the caller's transaction. Returns the id and the indices
+/// (into `incident.timeline`) of the entries that were new, from which the
+/// outbox derives the incident's events (src/incident/store_outbox.rs).
+fn write_incident(
+    tx: &rusqlite::Transaction<'_>,
+    incident: &Incident,
+) -> Result<(IncidentId, Vec<usize>), StoreError> {
+    let group_key = incident.group_key();
+    let detail = encode_detail(incident, &group_key)?;
+    let write = |source| StoreError::Write {
+        what: "incident",
+        source,
+    };
+    let mut new_entries = Vec::new();
+    let id: IncidentId = tx
+        .query_row(
+            "INSERT INTO incidents (group_key, cluster, state, severity, service, namespace,
+                                    opened_at, last_anomaly_at, resolved_at, anomaly_count, detail)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+             ON CONFLICT (group_key, opened_at) DO UPDATE SET
+                 cluster = excluded.cluster,
+                 state = excluded.state,
+                 severity = excluded.severity,
+                 service = excluded.service,
+                 namespace = excluded.namespace,
+                 last_anomaly_at = excluded.last_anomaly_at,
+                 resolved_at = excluded.resolved_at,
+                 anomaly_count = excluded.anomaly_count,
+                 detail = excluded.detail
+             RETURNING id",
+            params![
+                group_key,
+                incident.cluster,
+                incident.state.as_str(),
+                incident.severity.as_str(),
+                incident.group_label("service"),
+                incident.group_label("namespace"),
+                incident.opened_at,
+                incident.last_anomaly_at,
+                incident.resolved_at,
+                // SQLite integers are i64; a count past i64::MAX is not a real case.
+                i64::try_from(incident.anomaly_count).unwrap_or(i64::MAX),
+                detail,
+            ],
+            |row| row.get(0),
+        )
+        .map_err(|source| {
+            if is_unique_violation(&source) {
+                StoreError::AlreadyOpen {
+                    group_key: group_key.clone(),
+                }
+            } else {
+                write(source)
+            }
+        })?;
+    {
+        let mut insert = tx
+            .prepare_cached(
+                "INSERT OR IGNORE INTO incident_events (incident_id, at, kind, message)
+                 VALUES (?1, ?2, ?3, ?4)",
+            )
+            .map_err(write)?;
+        for (index, entry) in incident.timeline.iter().enumerate() {
+            let inserted = insert
+                .execute(params![id, entry.at, entry.kind, entry.message])
+                .map_err(write)?;
+            if inserted > 0 {
+                new_entries.push(index);
+            }
+        }
+    }
+    Ok((id, new_entries))
 }
 
 /// Applies the per-connection settings.

@@ -9,7 +9,7 @@ use crate::incident::StoreError;
 
 /// Why an API request failed.
 ///
-/// Client mistakes (400, 401, 404) get their status and a JSON body
+/// Client mistakes (400, 401, 404, 409) get their status and a JSON body
 /// `{"error": "..."}` saying what to fix, and are not logged: they are the
 /// caller's problem, and logging them would let any client fill our logs.
 /// Internal failures get a 500 with a generic body (no store paths or SQL
@@ -37,6 +37,10 @@ pub enum ApiError {
     /// The thing asked for does not exist.
     #[error("{0}")]
     NotFound(String),
+    /// The request conflicts with the resource's state (an action that is
+    /// already decided or has expired).
+    #[error("{0}")]
+    Conflict(String),
     /// The store failed while answering.
     #[error("the incident store failed")]
     Store(#[source] StoreError),
@@ -51,6 +55,7 @@ impl ApiError {
             ApiError::InvalidParam { .. } | ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::MissingToken | ApiError::InvalidToken => StatusCode::UNAUTHORIZED,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Store(_) | ApiError::Task(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

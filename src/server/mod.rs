@@ -9,12 +9,17 @@
 //! | `GET /api/v1/incidents` | token | incident summaries, newest first, filtered and paged |
 //! | `GET /api/v1/incidents/{id}` | token | one incident with all its evidence |
 //! | `GET /api/v1/incidents/{id}/report.md` | token | the Markdown report |
+//! | `GET /api/v1/actions?state=pending` | token | actions awaiting (or past) approval |
+//! | `GET /api/v1/actions/{id}` | token | one action |
+//! | `POST /api/v1/actions/{id}/approve` | token | approve: body `{"by", "reason"}`; 404 unknown, 409 decided/expired |
+//! | `POST /api/v1/actions/{id}/deny` | token | deny: same body and answers |
 //! | `GET /metrics` | none | aiopsd's own metrics (OpenMetrics) |
 //! | `GET /healthz` | none | `ok` while the process serves HTTP |
 //! | `GET /readyz` | none | 200, or 503 with every reason it is not ready |
 //!
 //! Errors are JSON `{"error": "..."}` (see [`ApiError`]).
 
+mod actions;
 mod api;
 mod auth;
 mod error;
@@ -27,7 +32,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::{StatusCode, Uri};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{middleware, Router};
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
@@ -68,6 +73,19 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         .route(
             &format!("{}/{{id}}/report.md", api::INCIDENTS_PATH),
             get(api::get_report),
+        )
+        .route(actions::ACTIONS_PATH, get(actions::list_actions))
+        .route(
+            &format!("{}/{{id}}", actions::ACTIONS_PATH),
+            get(actions::get_action),
+        )
+        .route(
+            &format!("{}/{{id}}/approve", actions::ACTIONS_PATH),
+            post(actions::approve),
+        )
+        .route(
+            &format!("{}/{{id}}/deny", actions::ACTIONS_PATH),
+            post(actions::deny),
         )
         // route_layer: the check runs only on matched routes, so an unknown
         // path is a plain 404 rather than a 401 that hints it exists.

@@ -8,6 +8,7 @@ use axum::Json;
 use serde::Serialize;
 
 use super::AppState;
+use crate::publish::telemetry::PublisherStatus;
 use crate::telemetry::error_chain;
 use crate::telemetry::SourceStatus;
 
@@ -33,6 +34,11 @@ struct Readiness {
     ready: bool,
     reasons: Vec<String>,
     sources: Vec<SourceStatus>,
+    /// Event publishers (broker state, outbox depth). Informational: a
+    /// broker outage does not make aiopsd unready, because detection goes
+    /// on and events wait in the outbox.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    publishers: Vec<PublisherStatus>,
 }
 
 /// `GET /readyz`: 200 when the pipeline runs, the store answers and every
@@ -51,6 +57,27 @@ pub(super) async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         ready = false;
         reasons.push(reason);
     }
+    let mut publishers = state.health.publishers();
+    if !publishers.is_empty() {
+        // The depth from the store, so it is current even while the broker
+        // is down and nothing is being delivered.
+        let store = state.store.clone();
+        let names: Vec<String> = publishers.iter().map(|p| p.sink.clone()).collect();
+        let depths = tokio::task::spawn_blocking(move || {
+            names
+                .iter()
+                .map(|n| store.outbox_depth(n).ok().flatten())
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_default();
+        for (p, depth) in publishers.iter_mut().zip(depths) {
+            if let Some((depth, max)) = depth {
+                p.outbox_depth = depth;
+                p.outbox_max_events = max;
+            }
+        }
+    }
     let status = if ready {
         StatusCode::OK
     } else {
@@ -62,6 +89,68 @@ pub(super) async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
             ready,
             reasons,
             sources,
+            publishers,
         }),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    use super::super::{router, AppState};
+    use crate::incident::Store;
+    use crate::publish::outbox::{SinkSpec, MQTT_SINK};
+    use crate::telemetry::{Health, Metrics};
+
+    #[tokio::test]
+    async fn readyz_shows_the_broker_but_a_broker_outage_is_not_unready() {
+        let store = Store::open_in_memory().expect("store");
+        store
+            .configure_outbox(&[SinkSpec {
+                name: MQTT_SINK.into(),
+                max_events: 1000,
+            }])
+            .expect("sink");
+        let health = Health::new();
+        health.set_pipeline_running(true);
+        health.set_store_ok(true);
+        health.publisher_registered(MQTT_SINK, "mqtt://broker:1883");
+        health.publisher_connected(MQTT_SINK, false, Some("connection refused".into()));
+        let state = AppState {
+            store,
+            metrics: Arc::new(Metrics::new()),
+            health,
+            api_token: None,
+            cluster: "test".into(),
+        };
+        let response = router(state, Duration::from_secs(5))
+            .oneshot(
+                Request::get("/readyz")
+                    .body(Body::empty())
+                    .expect("request"),
+            )
+            .await
+            .expect("infallible");
+        assert_eq!(response.status(), StatusCode::OK);
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        let body: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+        let p = &body["publishers"][0];
+        assert_eq!(p["sink"], "mqtt");
+        assert_eq!(p["connected"], false);
+        assert_eq!(p["last_error"], "connection refused");
+        assert_eq!(p["outbox_depth"], 0);
+        assert_eq!(p["outbox_max_events"], 1000);
+    }
 }

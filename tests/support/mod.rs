@@ -1,11 +1,17 @@
 //! Helpers shared by the integration tests.
 //!
+//! - [`fake_kube`]: an in-process Kubernetes API server for Leases (the
+//!   real wire format and optimistic concurrency) that records every call
+//!   in RBAC terms, for leader election and the RBAC test.
 //! - [`fake_prometheus`]: an in-process HTTP server speaking Prometheus's
 //!   query API wire format, with switchable failure modes (down, refusing
 //!   connections, slow, erroring) and a record of the queries it received.
 //! - [`real_prometheus`]: the Debian `prometheus` binary started through
 //!   `scripts/prometheus-start.sh` on a free loopback port, optionally
 //!   preloaded with OpenMetrics data; stopped when the guard drops.
+//! - [`real_mosquitto`]: the Debian `mosquitto` broker started through
+//!   `scripts/mosquitto-start.sh` on a free loopback port, with stop and
+//!   restart on the same port (a broker outage); stopped when dropped.
 //! - [`openmetrics`]: writes OpenMetrics files (series with known shapes,
 //!   such as a step anomaly) for `promtool tsdb create-blocks-from openmetrics`.
 //!
@@ -17,8 +23,10 @@
 #![allow(dead_code)]
 
 pub mod daemon;
+pub mod fake_kube;
 pub mod fake_prometheus;
 pub mod openmetrics;
+pub mod real_mosquitto;
 pub mod real_prometheus;
 
 use std::future::Future;

@@ -18,6 +18,7 @@ Examples:
   aiopsd demo                          # simulated service + injected fault, API on 127.0.0.1:9464
   aiopsd demo --once                   # same, exit when the scenario is done (for scripts)
   aiopsd config check config/aiopsd.yaml
+  aiopsd backtest --data nab/data --labels nab/labels.json --preset latency
   AIOPSD_SERVER__API_TOKEN=... aiopsd run --config /etc/aiopsd/aiopsd.yaml
 
 Environment:
@@ -54,6 +55,29 @@ enum Command {
         #[arg(long, default_value = "aiopsd-demo")]
         data_dir: PathBuf,
     },
+    /// Score a detector on a labelled corpus in NAB's layout with the NAB
+    /// algorithm (three profiles, one threshold for the corpus).
+    Backtest {
+        /// Data directory laid out like NAB's data/: <category>/<file>.csv.
+        #[arg(long)]
+        data: PathBuf,
+        /// Labels file like NAB's combined_windows.json.
+        #[arg(long)]
+        labels: PathBuf,
+        /// Write NAB results (OUT/aiopsd/<category>/aiopsd_<file>.csv) here.
+        #[arg(long)]
+        results: Option<PathBuf>,
+        /// Profiles file like NAB's profiles.json (default: NAB's three).
+        #[arg(long)]
+        profiles: Option<PathBuf>,
+        /// Detector kind with default tunables (robust_ewma, median_mad,
+        /// seasonal, cusum, ensemble). Default: the `ensemble` preset.
+        #[arg(long, conflicts_with = "preset")]
+        detector: Option<String>,
+        /// Preset name in models/presets/ or a path to a preset .yaml.
+        #[arg(long)]
+        preset: Option<String>,
+    },
     /// Work with config files.
     Config {
         #[command(subcommand)]
@@ -82,6 +106,21 @@ pub fn run() -> anyhow::Result<ExitCode> {
         Command::Config {
             command: ConfigCommand::Check { file },
         } => Ok(config_check(&file)),
+        Command::Backtest {
+            data,
+            labels,
+            results,
+            profiles,
+            detector,
+            preset,
+        } => backtest(
+            &data,
+            &labels,
+            results.as_deref(),
+            profiles.as_deref(),
+            detector.as_deref(),
+            preset.as_deref(),
+        ),
         Command::Run { config } => {
             let config = match Config::load(&config) {
                 Ok(c) => c,
@@ -125,6 +164,57 @@ pub fn run() -> anyhow::Result<ExitCode> {
             })
         }
     }
+}
+
+fn backtest(
+    data: &std::path::Path,
+    labels: &std::path::Path,
+    results: Option<&std::path::Path>,
+    profiles: Option<&std::path::Path>,
+    detector: Option<&str>,
+    preset: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    use crate::backtest;
+    use crate::detect::{preset as presets, DetectorSpec};
+    let spec: DetectorSpec = match (detector, preset) {
+        (Some(kind), _) => {
+            let tree = serde_json::json!({ "kind": kind });
+            serde_json::from_value(tree).map_err(|e| anyhow::anyhow!("--detector {kind}: {e}"))?
+        }
+        (None, name) => {
+            let path = presets::preset_path(
+                std::path::Path::new("models/presets"),
+                name.unwrap_or("ensemble"),
+            );
+            let path = if name.is_none() && !path.is_file() {
+                // No models/ here: the built-in default ensemble.
+                None
+            } else {
+                Some(path)
+            };
+            match path {
+                Some(p) => presets::load_preset(&p)?.detector,
+                None => DetectorSpec::Ensemble(Default::default()),
+            }
+        }
+    };
+    let profiles = match profiles {
+        Some(p) => backtest::corpus::read_profiles(p)?,
+        None => backtest::nab::standard_profiles(),
+    };
+    let started = std::time::Instant::now();
+    let report = backtest::run(data, labels, &profiles, &spec, results)?;
+    println!("detector: {spec:?}");
+    print!("{}", report.table());
+    println!(
+        "{} series scored in {:.2} s",
+        report.series.len(),
+        started.elapsed().as_secs_f64()
+    );
+    if let Some(out) = results {
+        println!("NAB results written under {}", out.join("aiopsd").display());
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn config_check(file: &std::path::Path) -> ExitCode {

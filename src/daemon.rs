@@ -80,6 +80,11 @@ impl Shared {
 }
 
 /// `aiopsd run`: polls Prometheus until `cancel` fires.
+///
+/// Everything that can fail on bad config or a bad store is done before
+/// the HTTP server starts; once it runs, every exit path goes through the
+/// same shutdown (pipeline, lease, server), so an error never leaves a
+/// lease held or a server half-stopped.
 pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()> {
     let prometheus = config
         .prometheus
@@ -91,6 +96,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
     let source = PrometheusSource::new(prometheus, &config.signals)
         .context("cannot set up the Prometheus source")?;
     let shared = Shared::open(&config)?;
+    let resume = load_cursors(&shared.store, &config)?;
     let listener = bind(config.server.listen, false).await?;
     tracing::info!(
         listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
@@ -124,23 +130,62 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
     let pipeline_cancel = cancel.child_token();
     let holder = elector.map(|elector| spawn_lease_holder(elector, &shared, &pipeline_cancel));
     shared.metrics.set_leader(true);
-    // Sends the events the incident stage queues; reads the outbox at its
-    // own pace, so a slow or absent broker never holds up detection.
-    let publisher = crate::publish::start(
-        &config,
-        &shared.store,
-        &shared.metrics,
-        &shared.health,
-        pipeline_cancel.clone(),
-    )
-    .context("cannot start the event publisher")?;
+    let result = lead(&config, source, &shared, resume, pipeline_cancel.clone()).await;
+    pipeline_cancel.cancel();
+    shared.metrics.set_leader(false);
+    let lost = match holder {
+        Some(holder) => end_leadership(holder).await,
+        None => None,
+    };
+    cancel.cancel();
+    let _ = server.await;
+    tracing::info!("aiopsd stopped.");
+    if let Some(reason) = lost {
+        // Exiting (non-zero) rather than re-entering the election in
+        // process: the pipeline's state (detectors, correlator, store) was
+        // built as the single writer, and a restart is the one clean way
+        // back to "standby with nothing running". Kubernetes restarts the
+        // pod, which then waits for the lease like any standby.
+        anyhow::bail!(
+            "lost the leader lease ({reason}); exiting so Kubernetes restarts this pod as a standby"
+        );
+    }
+    result
+}
 
+/// Per signal, the data time up to which a previous run already reported.
+fn load_cursors(store: &Store, config: &Config) -> anyhow::Result<HashMap<String, TimestampMs>> {
     let mut resume = HashMap::new();
     for signal in &config.signals {
-        if let Some(t) = shared.store.cursor(&signal.name)? {
+        if let Some(t) = store
+            .cursor(&signal.name)
+            .with_context(|| format!("cannot read the cursor of signal {}", signal.name))?
+        {
             resume.insert(signal.name.clone(), t);
         }
     }
+    Ok(resume)
+}
+
+/// The leader's work: publisher, source and pipeline, until `cancel` fires
+/// or the source ends.
+async fn lead(
+    config: &Config,
+    source: PrometheusSource,
+    shared: &Shared,
+    resume: HashMap<String, TimestampMs>,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    // Sends the events the incident stage queues; reads the outbox at its
+    // own pace, so a slow or absent broker never holds up detection.
+    let publisher = crate::publish::start(
+        config,
+        &shared.store,
+        &shared.metrics,
+        &shared.health,
+        cancel.clone(),
+    )
+    .context("cannot start the event publisher")?;
     let detections = config
         .signals
         .iter()
@@ -164,38 +209,12 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
         tx,
         Arc::clone(&shared.metrics),
         Arc::clone(&shared.health),
-        pipeline_cancel.clone(),
+        cancel.clone(),
     ));
-    let result = run_pipeline(
-        &config,
-        detections,
-        rx,
-        &shared,
-        resume,
-        pipeline_cancel.clone(),
-    )
-    .await;
-    pipeline_cancel.cancel();
+    let result = run_pipeline(config, detections, rx, shared, resume, cancel.clone()).await;
+    cancel.cancel();
     let _ = source_task.await;
     let _ = publisher.await;
-    shared.metrics.set_leader(false);
-    let lost = match holder {
-        Some(holder) => end_leadership(holder).await,
-        None => None,
-    };
-    cancel.cancel();
-    let _ = server.await;
-    tracing::info!("aiopsd stopped.");
-    if let Some(reason) = lost {
-        // Exiting (non-zero) rather than re-entering the election in
-        // process: the pipeline's state (detectors, correlator, store) was
-        // built as the single writer, and a restart is the one clean way
-        // back to "standby with nothing running". Kubernetes restarts the
-        // pod, which then waits for the lease like any standby.
-        anyhow::bail!(
-            "lost the leader lease ({reason}); exiting so Kubernetes restarts this pod as a standby"
-        );
-    }
     result
 }
 

@@ -13,6 +13,7 @@
 
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod backtest;
 pub mod cli;
 pub mod config;
 pub mod daemon;

@@ -9,11 +9,22 @@
 //! New detectors (the detection-quality work) implement [`Detector`], get a
 //! variant in [`DetectorSpec`] and a file of their own here.
 
+mod calibrate;
+mod cusum;
 mod engine;
+mod ensemble;
+mod median_mad;
+pub mod preset;
 mod robust_ewma;
+mod seasonal;
 
+pub use calibrate::{ln_normal_tail, CalibrationParams, Calibrator};
+pub use cusum::{Cusum, CusumParams};
 pub use engine::{Engine, EngineStats, SignalDetection};
+pub use ensemble::{Ensemble, EnsembleParams};
+pub use median_mad::{MedianMad, MedianMadParams};
 pub use robust_ewma::{RobustEwma, RobustEwmaParams};
+pub use seasonal::{Seasonal, SeasonalParams};
 
 use serde::Deserialize;
 
@@ -45,6 +56,20 @@ pub trait Detector: Send {
 
     /// Heap and inline bytes this detector holds, for the state budget.
     fn state_bytes(&self) -> usize;
+
+    /// Like [`Detector::update`], and also an anomaly likelihood in
+    /// [0, 1] that is comparable across series, so one threshold works for
+    /// every metric (the backtest and NAB need exactly that).
+    ///
+    /// The default maps `|z|` monotonically to [0, 1) without saturating
+    /// (ties at 1.0 would hide the ranking a threshold needs); detectors
+    /// with a calibrated output (e.g. the ensemble) override it.
+    fn update_likelihood(&mut self, t: TimestampMs, x: f64) -> (Score, f64) {
+        let s = self.update(t, x);
+        let z = s.z.abs();
+        let p = if z.is_finite() { z / (z + 3.0) } else { 1.0 };
+        (s, p)
+    }
 }
 
 /// Which detector a signal uses and its tunables, as written in config.
@@ -53,6 +78,14 @@ pub trait Detector: Send {
 pub enum DetectorSpec {
     /// Exponentially weighted level and spread with clipped (robust) updates.
     RobustEwma(RobustEwmaParams),
+    /// Rolling median and MAD: a baseline outliers cannot bend.
+    MedianMad(MedianMadParams),
+    /// Daily profile per time-of-day bucket: removes the daily shape.
+    Seasonal(SeasonalParams),
+    /// Two-sided CUSUM: small lasting level shifts (change points).
+    Cusum(CusumParams),
+    /// Calibrated combination of the above with alarm suppression.
+    Ensemble(EnsembleParams),
 }
 
 impl Default for DetectorSpec {
@@ -66,6 +99,10 @@ impl DetectorSpec {
     pub fn validate(&self) -> Result<(), String> {
         match self {
             DetectorSpec::RobustEwma(p) => p.validate(),
+            DetectorSpec::MedianMad(p) => p.validate(),
+            DetectorSpec::Seasonal(p) => p.validate(),
+            DetectorSpec::Cusum(p) => p.validate(),
+            DetectorSpec::Ensemble(p) => p.validate(),
         }
     }
 
@@ -73,6 +110,23 @@ impl DetectorSpec {
     pub fn build(&self, direction: crate::signal::Direction) -> Box<dyn Detector> {
         match self {
             DetectorSpec::RobustEwma(p) => Box::new(RobustEwma::new(p.clone(), direction)),
+            // The new detectors score both directions; their likelihood is
+            // what the backtest and the ensemble use.
+            DetectorSpec::MedianMad(p) => Box::new(MedianMad::new(p)),
+            DetectorSpec::Seasonal(p) => Box::new(Seasonal::new(p)),
+            DetectorSpec::Cusum(p) => Box::new(Cusum::new(p)),
+            DetectorSpec::Ensemble(p) => Box::new(Ensemble::new(p)),
         }
     }
+}
+
+/// Deterministic noise in [-1, 1) for detector tests (SplitMix64), so
+/// tests need no RNG crate.
+#[cfg(test)]
+pub(crate) fn test_noise(i: u64) -> f64 {
+    let mut z = i.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    (z >> 11) as f64 / (1u64 << 52) as f64 - 1.0
 }

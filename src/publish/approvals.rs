@@ -340,18 +340,23 @@ pub fn canonical_string(cluster: &str, m: &ApprovalMessage) -> String {
     .join("\n")
 }
 
-fn mac(secret: &[u8]) -> Hmac<Sha256> {
-    // HMAC accepts keys of any length (long keys are hashed), so this
-    // cannot fail; the fallback keeps a library bug from panicking.
-    <Hmac<Sha256> as KeyInit>::new_from_slice(secret).unwrap_or_else(|_| {
-        <Hmac<Sha256> as KeyInit>::new_from_slice(&[0u8; 32]).expect("fixed key")
-    })
+/// HMAC-SHA256 keyed with `secret`. HMAC accepts keys of any length, so
+/// `None` cannot happen today; if a library change ever made keying fail,
+/// callers fail closed (no signature verifies) rather than fall back to
+/// some other key an attacker could know.
+fn mac(secret: &[u8]) -> Option<Hmac<Sha256>> {
+    <Hmac<Sha256> as KeyInit>::new_from_slice(secret).ok()
 }
 
 /// Signs a message for `cluster`: the lowercase hex signature. Used by
 /// tools and tests that send approvals.
+///
+/// Returns an empty string if the key cannot be used, which every verifier
+/// refuses as unsigned.
 pub fn sign(secret: &[u8], cluster: &str, m: &ApprovalMessage) -> String {
-    let mut mac = mac(secret);
+    let Some(mut mac) = mac(secret) else {
+        return String::new();
+    };
     mac.update(canonical_string(cluster, m).as_bytes());
     to_hex(&mac.finalize().into_bytes())
 }
@@ -380,7 +385,7 @@ pub fn verify(
         ));
     }
     let presented = from_hex(signature).ok_or(ApprovalRefused::BadSignature)?;
-    let mut mac = mac(secret);
+    let mut mac = mac(secret).ok_or(ApprovalRefused::BadSignature)?;
     mac.update(canonical_string(cluster, &m).as_bytes());
     // verify_slice compares in constant time.
     mac.verify_slice(&presented)

@@ -24,6 +24,9 @@
 #
 # Environment: MOSQUITTO_BIN overrides the binary.
 set -euo pipefail
+service_name=mosquitto service_tag=mosquitto-start
+# shellcheck source-path=SCRIPTDIR source=lib/service.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/service.sh"
 
 dir="" port="" owner_pid="" ready_timeout=20
 while [[ $# -gt 0 ]]; do
@@ -32,27 +35,20 @@ while [[ $# -gt 0 ]]; do
     --port) port="$2"; shift 2 ;;
     --owner-pid) owner_pid="$2"; shift 2 ;;
     --ready-timeout) ready_timeout="$2"; shift 2 ;;
-    -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
-    *) echo "mosquitto-start: unknown argument $1" >&2; exit 2 ;;
+    -h|--help) service_usage; exit 0 ;;
+    *) service_die 2 "unknown argument $1" ;;
   esac
 done
-[[ -n "$dir" && -n "$port" ]] || { echo "mosquitto-start: --dir and --port are required" >&2; exit 2; }
-[[ "$port" =~ ^[0-9]+$ ]] || { echo "mosquitto-start: --port must be a number" >&2; exit 2; }
-[[ -z "$owner_pid" || "$owner_pid" =~ ^[0-9]+$ ]] || { echo "mosquitto-start: --owner-pid must be a number" >&2; exit 2; }
+service_check_start_args "$dir" "$port" "$owner_pid"
 
 # Debian installs the broker in /usr/sbin, which is not on every user's PATH.
 mosquitto_bin="${MOSQUITTO_BIN:-$(command -v mosquitto || echo /usr/sbin/mosquitto)}"
-[[ -x "$mosquitto_bin" ]] || { echo "mosquitto-start: mosquitto not found (apt-get install mosquitto)" >&2; exit 3; }
+[[ -x "$mosquitto_bin" ]] || service_die 3 "mosquitto not found (apt-get install mosquitto)"
 
 mkdir -p "$dir/data"
 dir="$(cd "$dir" && pwd)"
-pid_file="$dir/mosquitto.pid"
-log_file="$dir/mosquitto.log"
 conf="$dir/mosquitto.conf"
-if [[ -s "$pid_file" ]] && kill -0 "$(cat "$pid_file")" 2>/dev/null; then
-  echo "mosquitto-start: $dir already has a running broker (pid $(cat "$pid_file"))" >&2
-  exit 4
-fi
+service_refuse_running "$dir" broker
 
 cat >"$conf" <<CONF
 # Written by scripts/mosquitto-start.sh: loopback only, anonymous, with
@@ -75,43 +71,17 @@ log_type notice
 connection_messages true
 CONF
 
-# Started directly by this shell, so \$! is the broker's own PID.
-"$mosquitto_bin" -c "$conf" >>"$log_file" 2>&1 </dev/null &
+# Started directly by this shell, so $! is the broker's own PID. Its command
+# line names our config file: that is how the watchdog and the stop script
+# recognise it.
+"$mosquitto_bin" -c "$conf" >>"$dir/mosquitto.log" 2>&1 </dev/null &
 pid=$!
-echo "$pid" >"$pid_file"
-
+echo "$pid" >"$dir/mosquitto.pid"
 if [[ -n "$owner_pid" ]]; then
-  # Watchdog: ends with the broker; stops the broker when the owner is gone.
-  # Re-checks that the PID is still our broker (its command line names our
-  # config file) so a recycled PID is never hit.
-  (
-    while kill -0 "$pid" 2>/dev/null; do
-      if ! kill -0 "$owner_pid" 2>/dev/null; then
-        if tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" | grep -qF -- "-c $conf"; then
-          kill "$pid" 2>/dev/null || true
-        fi
-        exit 0
-      fi
-      sleep 1
-    done
-  ) >/dev/null 2>&1 </dev/null &
-  echo "$!" >"$dir/watchdog.pid"
+  service_watchdog "$pid" "$owner_pid" "-c $conf" "$dir"
 fi
 
-deadline=$((SECONDS + ready_timeout))
-until (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do
-  if ! kill -0 "$pid" 2>/dev/null; then
-    echo "mosquitto-start: mosquitto (pid $pid) exited during start-up; log:" >&2
-    tail -n 30 "$log_file" >&2
-    rm -f "$pid_file"
-    exit 6
-  fi
-  if (( SECONDS >= deadline )); then
-    echo "mosquitto-start: not accepting after ${ready_timeout}s; log:" >&2
-    tail -n 30 "$log_file" >&2
-    "$(dirname "$0")/mosquitto-stop.sh" --dir "$dir" || true
-    exit 7
-  fi
-  sleep 0.05
-done
+# True once 127.0.0.1:$port accepts a TCP connection.
+accepts() { (exec 3<>"/dev/tcp/127.0.0.1/$port"); }
+service_wait_ready "$pid" "$dir" "$ready_timeout" 0.05 "not accepting" accepts
 echo "mosquitto-start: ready on mqtt://127.0.0.1:$port (pid $pid, dir $dir)"

@@ -24,6 +24,9 @@
 #
 # Environment: PROMETHEUS_BIN, PROMTOOL_BIN override the binaries.
 set -euo pipefail
+service_name=prometheus service_tag=prometheus-start
+# shellcheck source-path=SCRIPTDIR source=lib/service.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/service.sh"
 
 dir="" port="" openmetrics="" owner_pid="" ready_timeout=60
 while [[ $# -gt 0 ]]; do
@@ -33,26 +36,19 @@ while [[ $# -gt 0 ]]; do
     --openmetrics) openmetrics="$2"; shift 2 ;;
     --owner-pid) owner_pid="$2"; shift 2 ;;
     --ready-timeout) ready_timeout="$2"; shift 2 ;;
-    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
-    *) echo "prometheus-start: unknown argument $1" >&2; exit 2 ;;
+    -h|--help) service_usage; exit 0 ;;
+    *) service_die 2 "unknown argument $1" ;;
   esac
 done
-[[ -n "$dir" && -n "$port" ]] || { echo "prometheus-start: --dir and --port are required" >&2; exit 2; }
-[[ "$port" =~ ^[0-9]+$ ]] || { echo "prometheus-start: --port must be a number" >&2; exit 2; }
-[[ -z "$owner_pid" || "$owner_pid" =~ ^[0-9]+$ ]] || { echo "prometheus-start: --owner-pid must be a number" >&2; exit 2; }
+service_check_start_args "$dir" "$port" "$owner_pid"
 
 prometheus_bin="${PROMETHEUS_BIN:-prometheus}"
 promtool_bin="${PROMTOOL_BIN:-promtool}"
-command -v "$prometheus_bin" >/dev/null || { echo "prometheus-start: $prometheus_bin not found (apt-get install prometheus)" >&2; exit 3; }
+command -v "$prometheus_bin" >/dev/null || service_die 3 "$prometheus_bin not found (apt-get install prometheus)"
 
 mkdir -p "$dir/data"
 dir="$(cd "$dir" && pwd)"
-pid_file="$dir/prometheus.pid"
-log_file="$dir/prometheus.log"
-if [[ -s "$pid_file" ]] && kill -0 "$(cat "$pid_file")" 2>/dev/null; then
-  echo "prometheus-start: $dir already has a running server (pid $(cat "$pid_file"))" >&2
-  exit 4
-fi
+service_refuse_running "$dir" server
 
 cat >"$dir/prometheus.yml" <<YAML
 # Written by scripts/prometheus-start.sh: no scrapes, the TSDB holds only
@@ -72,48 +68,20 @@ if [[ -n "$openmetrics" ]]; then
 fi
 
 # The server is started directly by this shell (not after `cd … &&`, which
-# would background a subshell), so $! is its own PID.
+# would background a subshell), so $! is its own PID. Its command line names
+# its data dir: that is how the watchdog and the stop script recognise it.
 "$prometheus_bin" \
   --config.file="$dir/prometheus.yml" \
   --storage.tsdb.path="$dir/data" \
   --web.listen-address="127.0.0.1:$port" \
   --web.enable-remote-write-receiver \
-  >"$log_file" 2>&1 </dev/null &
+  >"$dir/prometheus.log" 2>&1 </dev/null &
 pid=$!
-echo "$pid" >"$pid_file"
-
+echo "$pid" >"$dir/prometheus.pid"
 if [[ -n "$owner_pid" ]]; then
-  # Watchdog: ends with the server; stops the server when the owner is gone.
-  # Before killing it re-checks that the PID is still our server (its
-  # command line names our data dir), so a recycled PID is never hit.
-  (
-    while kill -0 "$pid" 2>/dev/null; do
-      if ! kill -0 "$owner_pid" 2>/dev/null; then
-        if tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" | grep -qF -- "--storage.tsdb.path=$dir/data"; then
-          kill "$pid" 2>/dev/null || true
-        fi
-        exit 0
-      fi
-      sleep 1
-    done
-  ) >/dev/null 2>&1 </dev/null &
-  echo "$!" >"$dir/watchdog.pid"
+  service_watchdog "$pid" "$owner_pid" "--storage.tsdb.path=$dir/data" "$dir"
 fi
 
-deadline=$((SECONDS + ready_timeout))
-until curl -fsS -o /dev/null "http://127.0.0.1:$port/-/ready" 2>/dev/null; do
-  if ! kill -0 "$pid" 2>/dev/null; then
-    echo "prometheus-start: prometheus (pid $pid) exited during start-up; log:" >&2
-    tail -n 30 "$log_file" >&2
-    rm -f "$pid_file"
-    exit 6
-  fi
-  if (( SECONDS >= deadline )); then
-    echo "prometheus-start: not ready after ${ready_timeout}s; log:" >&2
-    tail -n 30 "$log_file" >&2
-    "$(dirname "$0")/prometheus-stop.sh" --dir "$dir" || true
-    exit 7
-  fi
-  sleep 0.2
-done
+service_wait_ready "$pid" "$dir" "$ready_timeout" 0.2 "not ready" \
+  curl -fsS -o /dev/null "http://127.0.0.1:$port/-/ready"
 echo "prometheus-start: ready on http://127.0.0.1:$port (pid $pid, dir $dir)"

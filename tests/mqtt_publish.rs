@@ -54,6 +54,19 @@ approvals:
     Config::from_yaml(&yaml, Path::new("test.yaml"), Vec::new()).expect("valid test config")
 }
 
+/// What every test here starts with: a fresh broker, and a [`config`]
+/// pointed at it with its store (`aiopsd.db`) in a new temporary directory,
+/// which the caller keeps alive.
+async fn broker_and_config() -> (RealMosquitto, tempfile::TempDir, Config) {
+    aiopsd::install_crypto_provider();
+    let broker = tokio::task::spawn_blocking(RealMosquitto::start)
+        .await
+        .expect("broker");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = config(&broker, &dir.path().join("aiopsd.db"));
+    (broker, dir, config)
+}
+
 fn incident(service: &str) -> Incident {
     let group: BTreeMap<String, String> = [("namespace", "shop"), ("service", service)]
         .into_iter()
@@ -291,12 +304,7 @@ impl Running {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_arrive_in_order_with_the_documented_json() {
-    aiopsd::install_crypto_provider();
-    let broker = tokio::task::spawn_blocking(RealMosquitto::start)
-        .await
-        .expect("broker");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = config(&broker, &dir.path().join("aiopsd.db"));
+    let (broker, _dir, config) = broker_and_config().await;
     let store = Store::open(&config.store.path).expect("store");
     let sub = Subscriber::start(&broker, "test-sub-order", "aiopsd/test/#").await;
     let running = start_publishing(&config, &store);
@@ -417,12 +425,7 @@ async fn events_arrive_in_order_with_the_documented_json() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_outage_loses_nothing_and_keeps_per_incident_order() {
-    aiopsd::install_crypto_provider();
-    let broker = tokio::task::spawn_blocking(RealMosquitto::start)
-        .await
-        .expect("broker");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = config(&broker, &dir.path().join("aiopsd.db"));
+    let (broker, _dir, config) = broker_and_config().await;
     let store = Store::open(&config.store.path).expect("store");
     let sub = Subscriber::start(&broker, "test-sub-outage", "aiopsd/test/incidents/#").await;
     let running = start_publishing(&config, &store);
@@ -496,13 +499,8 @@ async fn broker_outage_loses_nothing_and_keeps_per_incident_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publisher_killed_mid_send_loses_nothing_after_restart() {
-    aiopsd::install_crypto_provider();
-    let broker = tokio::task::spawn_blocking(RealMosquitto::start)
-        .await
-        .expect("broker");
-    let dir = tempfile::tempdir().expect("tempdir");
+    let (broker, dir, config) = broker_and_config().await;
     let db = dir.path().join("aiopsd.db");
-    let config = config(&broker, &db);
     let sub = Subscriber::start(&broker, "test-sub-crash", "aiopsd/test/incidents/#").await;
 
     // 300 incidents × 8 events queued while no publisher runs.
@@ -592,12 +590,7 @@ fn approval(action_id: i64, verdict: Verdict, nonce: &str, issued_at: i64) -> Ap
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mqtt_approvals_need_a_fresh_valid_signature() {
-    aiopsd::install_crypto_provider();
-    let broker = tokio::task::spawn_blocking(RealMosquitto::start)
-        .await
-        .expect("broker");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = config(&broker, &dir.path().join("aiopsd.db"));
+    let (broker, _dir, config) = broker_and_config().await;
     let store = Store::open(&config.store.path).expect("store");
     let sub = Subscriber::start(&broker, "test-sub-approvals", "aiopsd/test/incidents/#").await;
     let running = start_publishing(&config, &store);

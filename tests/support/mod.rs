@@ -12,6 +12,9 @@
 //! - [`real_mosquitto`]: the Debian `mosquitto` broker started through
 //!   `scripts/mosquitto-start.sh` on a free loopback port, with stop and
 //!   restart on the same port (a broker outage); stopped when dropped.
+//! - [`script_server`]: what those two share: a server run by its
+//!   `scripts/NAME-start.sh` in a temporary directory on a free port (with
+//!   retries), stopped by `NAME-stop.sh` on drop.
 //! - [`openmetrics`]: writes OpenMetrics files (series with known shapes,
 //!   such as a step anomaly) for `promtool tsdb create-blocks-from openmetrics`.
 //!
@@ -28,6 +31,7 @@ pub mod fake_prometheus;
 pub mod openmetrics;
 pub mod real_mosquitto;
 pub mod real_prometheus;
+pub mod script_server;
 
 use std::future::Future;
 use std::net::{Ipv4Addr, TcpListener};
@@ -37,7 +41,7 @@ use std::time::Duration;
 ///
 /// The port is released before returning, so another process may take it
 /// first; callers that start servers on it should retry with a new port when
-/// binding fails ([`real_prometheus::RealPrometheus::start`] does).
+/// binding fails ([`script_server::ScriptServer::start`] does).
 pub fn free_port() -> u16 {
     TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .and_then(|l| l.local_addr())

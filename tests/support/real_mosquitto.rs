@@ -4,27 +4,20 @@
 //! its own temporary directory, so tests can run in parallel; stopped through
 //! `scripts/mosquitto-stop.sh` when the guard drops — also when the test
 //! panics. If the test binary is killed outright, the start script's
-//! watchdog stops the broker once this process is gone.
+//! watchdog stops the broker once this process is gone. The mechanism is
+//! [`ScriptServer`]'s; this adds the URL and the outage (stop, restart).
 //!
 //! [`RealMosquitto::stop`] and [`RealMosquitto::restart`] take the broker
 //! away and bring it back *on the same port with the same persistence
 //! file*, which is how tests simulate a broker outage.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::time::Duration;
 
-use super::free_port;
+use super::script_server::ScriptServer;
 
 /// A running (or deliberately stopped) Mosquitto; stopped on drop.
 pub struct RealMosquitto {
-    dir: tempfile::TempDir,
-    port: u16,
-}
-
-fn script(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("scripts")
-        .join(name)
+    server: ScriptServer,
 }
 
 impl RealMosquitto {
@@ -34,58 +27,17 @@ impl RealMosquitto {
     /// multi-thread runtime or `spawn_blocking`. Panics with the broker's
     /// log if it does not come up — this is test support.
     pub fn start() -> Self {
-        let mut last_error = String::new();
-        // A free port can be taken between picking and binding; try a few.
-        for _ in 0..3 {
-            let dir = tempfile::Builder::new()
-                .prefix("aiopsd-mosquitto-")
-                .tempdir()
-                .expect("temp dir for Mosquitto");
-            let guard = RealMosquitto {
-                dir,
-                port: free_port(),
-            };
-            match guard.run_start() {
-                Ok(()) => return guard,
-                Err(e) => last_error = e,
-            }
-        }
-        panic!("Mosquitto did not start: {last_error}");
-    }
-
-    fn run_start(&self) -> Result<(), String> {
-        let out = Command::new(script("mosquitto-start.sh"))
-            .arg("--dir")
-            .arg(self.dir.path())
-            .arg("--port")
-            .arg(self.port.to_string())
-            .arg("--owner-pid")
-            .arg(std::process::id().to_string())
-            .output()
-            .map_err(|e| format!("cannot run scripts/mosquitto-start.sh: {e}"))?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(format!(
-                "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-                out.status,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ))
+        RealMosquitto {
+            server: ScriptServer::start("mosquitto", &[]),
         }
     }
 
     /// Stops the broker (SIGTERM: it saves its persistence file); the port
     /// refuses connections until [`restart`](Self::restart).
     pub fn stop(&self) {
-        let status = Command::new(script("mosquitto-stop.sh"))
-            .arg("--dir")
-            .arg(self.dir.path())
-            .status();
-        assert!(
-            matches!(status, Ok(s) if s.success()),
-            "mosquitto-stop.sh failed: {status:?}"
-        );
+        if let Err(e) = self.server.stop() {
+            panic!("{e}");
+        }
     }
 
     /// Starts the broker again on the same port and data directory.
@@ -93,42 +45,27 @@ impl RealMosquitto {
         // The old socket may linger for a moment; retry briefly.
         let mut last = String::new();
         for _ in 0..20 {
-            match self.run_start() {
+            match self.server.run_start(&[]) {
                 Ok(()) => return,
-                Err(e) => last = e,
+                Err((_, e)) => last = e,
             }
-            std::thread::sleep(std::time::Duration::from_millis(250));
+            std::thread::sleep(Duration::from_millis(250));
         }
-        panic!("Mosquitto did not restart on port {}: {last}", self.port);
+        panic!("Mosquitto did not restart on port {}: {last}", self.port());
     }
 
     /// Broker URL, e.g. `mqtt://127.0.0.1:41234`.
     pub fn url(&self) -> String {
-        format!("mqtt://127.0.0.1:{}", self.port)
+        format!("mqtt://127.0.0.1:{}", self.port())
     }
 
     /// The port it listens on (127.0.0.1).
     pub fn port(&self) -> u16 {
-        self.port
+        self.server.port()
     }
 
     /// The broker's log so far, for failure messages.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for RealMosquitto {
-    fn drop(&mut self) {
-        let status = Command::new(script("mosquitto-stop.sh"))
-            .arg("--dir")
-            .arg(self.dir.path())
-            .status();
-        if !matches!(status, Ok(s) if s.success()) {
-            eprintln!(
-                "mosquitto-stop.sh failed for {}: {status:?}",
-                self.dir.path().display()
-            );
-        }
+        self.server.log()
     }
 }

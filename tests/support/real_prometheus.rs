@@ -4,24 +4,18 @@
 //! with its own temporary directory, so tests can run in parallel; stopped
 //! through `scripts/prometheus-stop.sh` when the guard drops — also when the
 //! test panics. If the test binary is killed outright, the start script's
-//! watchdog stops the server once this process is gone.
+//! watchdog stops the server once this process is gone. The mechanism is
+//! [`ScriptServer`]'s; this adds the OpenMetrics backfill and the URL.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::ffi::OsString;
+use std::path::Path;
 
-use super::free_port;
 use super::openmetrics::{self, Family};
+use super::script_server::ScriptServer;
 
 /// A running Prometheus; stopped on drop.
 pub struct RealPrometheus {
-    dir: tempfile::TempDir,
-    port: u16,
-}
-
-fn script(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("scripts")
-        .join(name)
+    server: ScriptServer,
 }
 
 impl RealPrometheus {
@@ -53,84 +47,37 @@ impl RealPrometheus {
     }
 
     fn start_inner(openmetrics: Option<&Path>) -> Self {
-        let mut last_error = String::new();
-        // A free port can be taken between picking and binding; try a few.
-        for _ in 0..3 {
-            let dir = tempfile::Builder::new()
-                .prefix("aiopsd-prometheus-")
-                .tempdir()
-                .expect("temp dir for Prometheus");
-            let port = free_port();
-            let mut cmd = Command::new(script("prometheus-start.sh"));
-            cmd.arg("--dir")
-                .arg(dir.path())
-                .arg("--port")
-                .arg(port.to_string())
-                .arg("--owner-pid")
-                .arg(std::process::id().to_string());
-            if let Some(file) = openmetrics {
-                cmd.arg("--openmetrics").arg(file);
-            }
-            let out = cmd.output().expect("run scripts/prometheus-start.sh");
-            // Construct the guard before checking, so a half-started server is stopped.
-            let guard = RealPrometheus { dir, port };
-            if out.status.success() {
-                return guard;
-            }
-            last_error = format!(
-                "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-                out.status,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            if out.status.code() == Some(5) {
-                break; // promtool refused the data: retrying will not help
-            }
+        let extra: Vec<OsString> = match openmetrics {
+            Some(file) => vec!["--openmetrics".into(), file.into()],
+            None => Vec::new(),
+        };
+        RealPrometheus {
+            server: ScriptServer::start("prometheus", &extra),
         }
-        panic!("Prometheus did not start: {last_error}");
     }
 
     /// Base URL, e.g. `http://127.0.0.1:41234`.
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("http://127.0.0.1:{}", self.port())
     }
 
     /// The port it listens on (127.0.0.1).
     pub fn port(&self) -> u16 {
-        self.port
+        self.server.port()
     }
 
     /// Its working directory (data/, prometheus.yml, prometheus.log, prometheus.pid).
     pub fn dir(&self) -> &Path {
-        self.dir.path()
+        self.server.dir()
     }
 
     /// The PID of the server process.
     pub fn pid(&self) -> Option<u32> {
-        std::fs::read_to_string(self.dir.path().join("prometheus.pid"))
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
+        self.server.pid()
     }
 
     /// The server's log so far, for failure messages.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("prometheus.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for RealPrometheus {
-    fn drop(&mut self) {
-        let status = Command::new(script("prometheus-stop.sh"))
-            .arg("--dir")
-            .arg(self.dir.path())
-            .status();
-        if !matches!(status, Ok(s) if s.success()) {
-            eprintln!(
-                "prometheus-stop.sh failed for {}: {status:?}",
-                self.dir.path().display()
-            );
-        }
+        self.server.log()
     }
 }

@@ -64,6 +64,7 @@ fn incident(service: &str) -> Incident {
                 .collect(),
             anomalous_at: vec![T0],
         }],
+        alerts: Vec::new(),
         timeline: vec![TimelineEntry {
             at: T0,
             kind: "opened".into(),

@@ -82,6 +82,7 @@ fn incident(i: usize) -> Incident {
             }],
             anomalous_at: vec![1_767_225_600_000],
         }],
+        alerts: Vec::new(),
         timeline: vec![TimelineEntry {
             at: 1_767_225_600_000,
             kind: "opened".into(),

@@ -5,7 +5,8 @@
 #
 # Usage:
 #   scripts/prometheus-start.sh --dir DIR --port PORT [--openmetrics FILE]
-#                               [--owner-pid PID] [--ready-timeout SECS]
+#                               [--config FILE] [--owner-pid PID]
+#                               [--ready-timeout SECS]
 #
 #   --dir DIR           working directory, created if missing; must not hold
 #                       a running server. Gets data/, prometheus.yml,
@@ -14,6 +15,11 @@
 #   --openmetrics FILE  `promtool tsdb create-blocks-from openmetrics FILE DIR/data`
 #                       before start (OpenMetrics text, `# EOF` last, timestamps
 #                       in seconds, within the 15d retention).
+#   --config FILE       use FILE (copied to DIR/prometheus.yml; checked with
+#                       `promtool check config`) instead of the default config
+#                       without scrapes — e.g. to scrape a test exporter,
+#                       evaluate alerting rules and send alerts to an
+#                       Alertmanager. Paths in it (rule_files) must be absolute.
 #   --owner-pid PID     also stop the server when process PID exits (so a test
 #                       binary killed without unwinding leaves nothing behind).
 #   --ready-timeout S   how long to wait for /-/ready (default 60).
@@ -28,12 +34,13 @@ service_name=prometheus service_tag=prometheus-start
 # shellcheck source-path=SCRIPTDIR source=lib/service.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/service.sh"
 
-dir="" port="" openmetrics="" owner_pid="" ready_timeout=60
+dir="" port="" openmetrics="" config="" owner_pid="" ready_timeout=60
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --dir) dir="$2"; shift 2 ;;
     --port) port="$2"; shift 2 ;;
     --openmetrics) openmetrics="$2"; shift 2 ;;
+    --config) config="$2"; shift 2 ;;
     --owner-pid) owner_pid="$2"; shift 2 ;;
     --ready-timeout) ready_timeout="$2"; shift 2 ;;
     -h|--help) service_usage; exit 0 ;;
@@ -50,7 +57,16 @@ mkdir -p "$dir/data"
 dir="$(cd "$dir" && pwd)"
 service_refuse_running "$dir" server
 
-cat >"$dir/prometheus.yml" <<YAML
+if [[ -n "$config" ]]; then
+  [[ -f "$config" ]] || service_die 2 "--config $config does not exist"
+  cp "$config" "$dir/prometheus.yml"
+  if ! "$promtool_bin" check config "$dir/prometheus.yml" >"$dir/promtool.log" 2>&1; then
+    echo "prometheus-start: promtool refused $config:" >&2
+    tail -n 20 "$dir/promtool.log" >&2
+    exit 5
+  fi
+else
+  cat >"$dir/prometheus.yml" <<YAML
 # Written by scripts/prometheus-start.sh: no scrapes, the TSDB holds only
 # what was backfilled (or remote-written).
 global:
@@ -58,6 +74,7 @@ global:
   evaluation_interval: 15s
 scrape_configs: []
 YAML
+fi
 
 if [[ -n "$openmetrics" ]]; then
   if ! "$promtool_bin" tsdb create-blocks-from openmetrics "$openmetrics" "$dir/data" >"$dir/promtool.log" 2>&1; then

@@ -199,6 +199,11 @@ pub struct Config {
     /// Approvals of pending actions through the API and MQTT.
     #[serde(default)]
     pub approvals: crate::publish::config::ApprovalsConfig,
+    /// The Alertmanager webhook receiver (`POST /api/v1/alerts/alertmanager`):
+    /// its extra credentials and request size limit. Always on; the section
+    /// only tunes it.
+    #[serde(default)]
+    pub alertmanager: AlertmanagerConfig,
 }
 
 fn default_cluster() -> String {
@@ -489,6 +494,49 @@ fn default_evidence_samples() -> usize {
     240
 }
 
+/// The Alertmanager webhook receiver.
+///
+/// Alertmanager authenticates with its receiver's `http_config`: the API
+/// bearer token (`authorization: {credentials: ...}`) always works; basic
+/// auth works too when `basic_auth` is set here.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertmanagerConfig {
+    /// Username and password Alertmanager may send as HTTP basic auth
+    /// instead of the bearer token. Default: none (bearer token only).
+    #[serde(default)]
+    pub basic_auth: Option<BasicAuthConfig>,
+    /// Largest webhook request body accepted, in bytes; larger ones get 413
+    /// (which Alertmanager does not retry: keep its `max_alerts` low enough).
+    /// Default: `4194304` (4 MiB, thousands of alerts). `1024..=67108864`.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+}
+
+impl Default for AlertmanagerConfig {
+    fn default() -> Self {
+        Self {
+            basic_auth: None,
+            max_body_bytes: default_max_body_bytes(),
+        }
+    }
+}
+
+fn default_max_body_bytes() -> usize {
+    4 * 1024 * 1024
+}
+
+/// HTTP basic auth credentials.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BasicAuthConfig {
+    /// The user name; not empty, no `:` (it separates user and password).
+    pub username: String,
+    /// The password, at least 16 characters. Set it with
+    /// `AIOPSD_ALERTMANAGER__BASIC_AUTH__PASSWORD`, not in the file.
+    pub password: Secret,
+}
+
 /// One watched signal: a PromQL template plus the label values it is
 /// restricted to.
 #[derive(Debug, Clone, Deserialize)]
@@ -581,6 +629,7 @@ impl Config {
             // The demo has no broker.
             mqtt: None,
             approvals: crate::publish::config::ApprovalsConfig::default(),
+            alertmanager: AlertmanagerConfig::default(),
         }
     }
 
@@ -623,6 +672,7 @@ impl Config {
                 "must be more than 0s".into(),
             );
         }
+        validate_alertmanager(&self.alertmanager, &mut err);
         if self.store.path.as_os_str().is_empty() {
             err("store.path".into(), "must not be empty".into());
         }
@@ -783,6 +833,29 @@ fn validate_prometheus(prom: &PrometheusConfig, err: &mut impl FnMut(String, Str
         err(
             "prometheus.retry.initial_backoff".into(),
             "must not exceed max_backoff".into(),
+        );
+    }
+}
+
+fn validate_alertmanager(am: &AlertmanagerConfig, err: &mut impl FnMut(String, String)) {
+    if let Some(basic) = &am.basic_auth {
+        if basic.username.is_empty() || basic.username.contains(':') {
+            err(
+                "alertmanager.basic_auth.username".into(),
+                "must not be empty or contain `:`".into(),
+            );
+        }
+        if basic.password.expose().chars().count() < 16 {
+            err(
+                "alertmanager.basic_auth.password".into(),
+                "must be at least 16 characters".into(),
+            );
+        }
+    }
+    if !(1024..=64 * 1024 * 1024).contains(&am.max_body_bytes) {
+        err(
+            "alertmanager.max_body_bytes".into(),
+            format!("must be 1024..=67108864, got {}", am.max_body_bytes),
         );
     }
 }
@@ -1044,6 +1117,37 @@ mod tests {
         let text = err.to_string();
         assert!(text.contains("test.yaml"), "{text}");
         assert!(text.contains("line"), "{text}");
+    }
+
+    #[test]
+    fn alertmanager_section_is_validated_and_its_password_hidden() {
+        let p = problems(indoc! {r#"
+            alertmanager:
+              basic_auth: { username: "am:x", password: short }
+              max_body_bytes: 10
+        "#});
+        let joined = p.join("\n");
+        for needle in [
+            "alertmanager.basic_auth.username:",
+            "alertmanager.basic_auth.password: must be at least 16",
+            "alertmanager.max_body_bytes:",
+        ] {
+            assert!(joined.contains(needle), "missing {needle:?} in:\n{joined}");
+        }
+        let env = vec![(
+            "AIOPSD_ALERTMANAGER__BASIC_AUTH__PASSWORD".to_string(),
+            "0123456789abcdef".to_string(),
+        )];
+        let config = Config::from_yaml(
+            "alertmanager:\n  basic_auth: { username: am }\n",
+            Path::new("t"),
+            env,
+        )
+        .expect("valid");
+        let basic = config.alertmanager.basic_auth.expect("basic auth");
+        assert_eq!(basic.password.expose(), "0123456789abcdef");
+        assert!(!format!("{basic:?}").contains("0123456789abcdef"));
+        assert_eq!(config.alertmanager.max_body_bytes, 4 * 1024 * 1024);
     }
 
     #[test]

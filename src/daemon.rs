@@ -28,7 +28,8 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::detect::{Engine, SignalDetection};
 use crate::incident::{
-    report, Correlator, Incident, IncidentUpdate, Store, StoreError, UpdateKind,
+    report, Alert, AlertBatch, AppliedAlert, Correlator, Incident, IncidentUpdate, Store,
+    StoreError, UpdateKind,
 };
 use crate::leader::{HoldOutcome, LeaderElector};
 use crate::server::{self, AppState};
@@ -41,6 +42,18 @@ use crate::telemetry::{error_chain, Health, Metrics};
 /// the source wait (back-pressure) instead of growing memory.
 const CHANNEL_CAPACITY: usize = 16;
 
+/// Capacity of the webhook → incident stage channel, in deliveries. When it
+/// is full the webhook does not wait: the alerts are already stored and the
+/// incident stage sweeps them up (see [`ALERT_SWEEP`]).
+const ALERT_CHANNEL_CAPACITY: usize = 64;
+
+/// How often the incident stage looks in the store for alerts the channel
+/// did not bring (it was full); also the most a swept alert waits.
+const ALERT_SWEEP: Duration = Duration::from_secs(5);
+
+/// Most stored alerts applied per sweep (the next sweep takes the rest).
+const ALERT_SWEEP_BATCH: usize = 500;
+
 /// What the detect stage hands to the incident stage for one batch.
 struct Detected {
     signal: String,
@@ -48,24 +61,30 @@ struct Detected {
     until: TimestampMs,
 }
 
-/// The parts every mode shares: store, telemetry, readiness.
+/// The parts every mode shares: store, telemetry, readiness, and the
+/// sending side of the webhook's alerts channel (the incident stage gets
+/// the receiving side from [`Shared::open`]).
 struct Shared {
     store: Store,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
+    alert_tx: mpsc::Sender<AlertBatch>,
 }
 
 impl Shared {
-    fn open(config: &Config) -> anyhow::Result<Self> {
+    fn open(config: &Config) -> anyhow::Result<(Self, mpsc::Receiver<AlertBatch>)> {
         let store = Store::open(&config.store.path)
             .with_context(|| format!("cannot open store {}", config.store.path.display()))?;
         let health = Health::new();
         health.set_store_ok(true);
-        Ok(Self {
+        let (alert_tx, alert_rx) = mpsc::channel(ALERT_CHANNEL_CAPACITY);
+        let shared = Self {
             store,
             metrics: Arc::new(Metrics::new()),
             health,
-        })
+            alert_tx,
+        };
+        Ok((shared, alert_rx))
     }
 
     fn app_state(&self, config: &Config) -> AppState {
@@ -75,6 +94,8 @@ impl Shared {
             health: Arc::clone(&self.health),
             api_token: config.server.api_token.clone(),
             cluster: config.cluster.clone(),
+            alertmanager: config.alertmanager.clone(),
+            alert_tx: Some(self.alert_tx.clone()),
         }
     }
 }
@@ -95,7 +116,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
     }
     let source = PrometheusSource::new(prometheus, &config.signals)
         .context("cannot set up the Prometheus source")?;
-    let shared = Shared::open(&config)?;
+    let (shared, alert_rx) = Shared::open(&config)?;
     let resume = load_cursors(&shared.store, &config)?;
     let listener = bind(config.server.listen, false).await?;
     tracing::info!(
@@ -130,7 +151,15 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
     let pipeline_cancel = cancel.child_token();
     let holder = elector.map(|elector| spawn_lease_holder(elector, &shared, &pipeline_cancel));
     shared.metrics.set_leader(true);
-    let result = lead(&config, source, &shared, resume, pipeline_cancel.clone()).await;
+    let result = lead(
+        &config,
+        source,
+        &shared,
+        resume,
+        alert_rx,
+        pipeline_cancel.clone(),
+    )
+    .await;
     pipeline_cancel.cancel();
     shared.metrics.set_leader(false);
     let lost = match holder {
@@ -174,6 +203,7 @@ async fn lead(
     source: PrometheusSource,
     shared: &Shared,
     resume: HashMap<String, TimestampMs>,
+    alerts: mpsc::Receiver<AlertBatch>,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     // Sends the events the incident stage queues; reads the outbox at its
@@ -211,7 +241,16 @@ async fn lead(
         Arc::clone(&shared.health),
         cancel.clone(),
     ));
-    let result = run_pipeline(config, detections, rx, shared, resume, cancel.clone()).await;
+    let result = run_pipeline(
+        config,
+        detections,
+        rx,
+        alerts,
+        shared,
+        resume,
+        cancel.clone(),
+    )
+    .await;
     cancel.cancel();
     let _ = source_task.await;
     let _ = publisher.await;
@@ -339,7 +378,7 @@ pub async fn demo(options: DemoOptions, cancel: CancellationToken) -> anyhow::Re
         let _ = std::fs::remove_file(PathBuf::from(p));
     }
     let config = Config::demo(store_path, options.listen);
-    let shared = Shared::open(&config)?;
+    let (shared, alert_rx) = Shared::open(&config)?;
     let listener = bind(options.listen, true).await?;
     let api = listener.local_addr().context("listener has no address")?;
     let server_cancel = CancellationToken::new();
@@ -363,6 +402,7 @@ pub async fn demo(options: DemoOptions, cancel: CancellationToken) -> anyhow::Re
         &config,
         SimSource::signal_detections(),
         rx,
+        alert_rx,
         &shared,
         HashMap::new(),
         cancel.clone(),
@@ -459,6 +499,7 @@ async fn run_pipeline(
     config: &Config,
     detections: Vec<(String, SignalDetection)>,
     rx: mpsc::Receiver<SeriesBatch>,
+    alerts: mpsc::Receiver<AlertBatch>,
     shared: &Shared,
     resume: HashMap<String, TimestampMs>,
     cancel: CancellationToken,
@@ -489,7 +530,7 @@ async fn run_pipeline(
         Arc::clone(&shared.metrics),
     ));
     shared.health.set_pipeline_running(true);
-    let result = incident_stage(correlator, detected_rx, shared, cancel).await;
+    let result = incident_stage(correlator, detected_rx, alerts, shared, cancel).await;
     shared.health.set_pipeline_running(false);
     let _ = detect.await;
     if let Err(error) = shared.store.checkpoint() {
@@ -529,43 +570,131 @@ async fn detect_stage(
     }
 }
 
-/// Groups anomalies into incidents and stores every change before
-/// announcing it.
+/// Groups anomalies and alerts into incidents and stores every change
+/// before announcing it.
+///
+/// Alerts stored by the webhook but not applied yet (a crash, a full
+/// channel, a pipeline that was not running) are replayed first and swept
+/// up every [`ALERT_SWEEP`]; applying one twice changes nothing
+/// ([`Correlator::on_alert`] is idempotent).
 async fn incident_stage(
     mut correlator: Correlator,
     mut rx: mpsc::Receiver<Detected>,
+    mut alerts: mpsc::Receiver<AlertBatch>,
     shared: &Shared,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
-    while let Some(detected) = rx.recv().await {
-        let updates = correlator.on_batch(&detected.signal, &detected.anomalies, detected.until);
-        for update in updates {
-            let id = persist(shared, &update, &cancel).await?;
-            let group_key = update.incident.group_key();
-            let incident = &update.incident;
-            match update.kind {
-                UpdateKind::Opened => {
-                    correlator.assign_id(&group_key, id);
-                    shared.metrics.incident_opened(
-                        id,
-                        &incident.subject(),
-                        incident.severity.as_str(),
-                        incident.opened_at,
-                    );
+    apply_stored_alerts(&mut correlator, shared, &cancel).await?;
+    let mut sweep =
+        tokio::time::interval_at(tokio::time::Instant::now() + ALERT_SWEEP, ALERT_SWEEP);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            detected = rx.recv() => {
+                let Some(detected) = detected else { break };
+                let updates =
+                    correlator.on_batch(&detected.signal, &detected.anomalies, detected.until);
+                for update in updates {
+                    record_update(&mut correlator, &update, &[], detected.until, shared, &cancel)
+                        .await?;
                 }
-                UpdateKind::Updated => {}
-                UpdateKind::Resolved => {
-                    shared.metrics.incident_resolved(
-                        id,
-                        &incident.subject(),
-                        incident.resolved_at.unwrap_or(detected.until),
-                    );
-                }
+                // The cursor moves only after the batch's incidents are stored: a
+                // crash in between re-reads the batch rather than losing it.
+                persist_cursor(shared, &detected.signal, detected.until, &cancel).await?;
             }
+            Some(batch) = alerts.recv() => {
+                apply_alerts(&mut correlator, &batch.alerts, shared, &cancel).await?;
+            }
+            _ = sweep.tick() => apply_stored_alerts(&mut correlator, shared, &cancel).await?,
         }
-        // The cursor moves only after the batch's incidents are stored: a
-        // crash in between re-reads the batch rather than losing it.
-        persist_cursor(shared, &detected.signal, detected.until, &cancel).await?;
+    }
+    // Deliveries already in the channel; anything later waits in the store
+    // for the next start.
+    while let Ok(batch) = alerts.try_recv() {
+        apply_alerts(&mut correlator, &batch.alerts, shared, &cancel).await?;
+    }
+    Ok(())
+}
+
+/// Stores one incident update (with the alert changes it applies, in the
+/// same transaction) and then logs and counts it.
+async fn record_update(
+    correlator: &mut Correlator,
+    update: &IncidentUpdate,
+    applied: &[AppliedAlert],
+    fallback_at: TimestampMs,
+    shared: &Shared,
+    cancel: &CancellationToken,
+) -> anyhow::Result<()> {
+    let id = persist(shared, update, applied, cancel).await?;
+    let group_key = update.incident.group_key();
+    let incident = &update.incident;
+    match update.kind {
+        UpdateKind::Opened => {
+            correlator.assign_id(&group_key, id);
+            shared.metrics.incident_opened(
+                id,
+                &incident.subject(),
+                incident.severity.as_str(),
+                incident.opened_at,
+            );
+        }
+        UpdateKind::Updated => {}
+        UpdateKind::Resolved => {
+            shared.metrics.incident_resolved(
+                id,
+                &incident.subject(),
+                incident.resolved_at.unwrap_or(fallback_at),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Applies stored alerts to incidents; each alert is marked processed in
+/// the transaction that saves the incident it changed (or on its own when
+/// it changed none: already applied before a crash).
+async fn apply_alerts(
+    correlator: &mut Correlator,
+    alerts: &[Alert],
+    shared: &Shared,
+    cancel: &CancellationToken,
+) -> anyhow::Result<()> {
+    for alert in alerts {
+        let applied = [(alert.id, alert.status)];
+        let updates = correlator.on_alert(alert);
+        let fallback_at = alert.ends_at.unwrap_or(alert.starts_at);
+        let last = updates.len().saturating_sub(1);
+        for (i, update) in updates.iter().enumerate() {
+            let mark: &[_] = if i == last { &applied } else { &[] };
+            record_update(correlator, update, mark, fallback_at, shared, cancel).await?;
+        }
+        if updates.is_empty() {
+            with_store_retry(shared, cancel, move |store| {
+                store.mark_alerts_processed(&applied)
+            })
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Applies alerts the store holds as not yet applied, oldest first.
+async fn apply_stored_alerts(
+    correlator: &mut Correlator,
+    shared: &Shared,
+    cancel: &CancellationToken,
+) -> anyhow::Result<()> {
+    let pending = with_store_retry(shared, cancel, |store| {
+        store.unprocessed_alerts(ALERT_SWEEP_BATCH)
+    })
+    .await?;
+    if !pending.is_empty() {
+        tracing::debug!(
+            count = pending.len(),
+            "Applying stored alerts not yet applied to incidents."
+        );
+        apply_alerts(correlator, &pending, shared, cancel).await?;
     }
     Ok(())
 }
@@ -575,15 +704,21 @@ async fn incident_stage(
 async fn persist(
     shared: &Shared,
     update: &IncidentUpdate,
+    applied: &[AppliedAlert],
     cancel: &CancellationToken,
 ) -> anyhow::Result<i64> {
     let incident = Arc::new(update.incident.clone());
     let kind = update.kind;
-    // The incident and the events its change causes (the outbox,
-    // src/publish/) are written in one transaction: neither can exist
-    // without the other, whatever crashes when.
+    let applied: Arc<[_]> = Arc::from(applied);
+    // The incident, the events its change causes (the outbox, src/publish/)
+    // and the alerts it applies are written in one transaction: none can
+    // exist without the others, whatever crashes when.
     let saved = with_store_retry(shared, cancel, move |store| {
-        store.save_incident_with_events(&incident, kind, now_ms())
+        if applied.is_empty() {
+            store.save_incident_with_events(&incident, kind, now_ms())
+        } else {
+            store.save_incident_with_alerts(&incident, kind, now_ms(), &applied)
+        }
     })
     .await?;
     saved.report.emit(&shared.metrics);

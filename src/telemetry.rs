@@ -51,6 +51,13 @@ pub struct SourceLabel {
     pub source: String,
 }
 
+/// Label set naming an alert status (`firing`, `resolved`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AlertStatusLabel {
+    /// The status Alertmanager sent.
+    pub status: String,
+}
+
 /// Every metric aiopsd exports about itself.
 pub struct Metrics {
     registry: Registry,
@@ -69,6 +76,8 @@ pub struct Metrics {
     pub(crate) publish: crate::publish::telemetry::PublishMetrics,
     store_errors: Counter,
     leader: Gauge,
+    alerts_received: Family<AlertStatusLabel, Counter>,
+    alerts_deduplicated: Counter,
 }
 
 impl Metrics {
@@ -91,6 +100,18 @@ impl Metrics {
         let publish = crate::publish::telemetry::PublishMetrics::register(&mut registry);
         let store_errors = Counter::default();
         let leader = Gauge::default();
+        let alerts_received = Family::<AlertStatusLabel, Counter>::default();
+        let alerts_deduplicated = Counter::default();
+        registry.register(
+            "alerts_received",
+            "Alerts received from Alertmanager and stored, by the status sent (retries included)",
+            alerts_received.clone(),
+        );
+        registry.register(
+            "alerts_deduplicated",
+            "Received alerts that changed nothing (a retry or a repeated notification)",
+            alerts_deduplicated.clone(),
+        );
         registry.register(
             "polls",
             "Polls of a signal, successful or not",
@@ -168,6 +189,8 @@ impl Metrics {
             publish,
             store_errors,
             leader,
+            alerts_received,
+            alerts_deduplicated,
         }
     }
 
@@ -271,6 +294,30 @@ impl Metrics {
     /// that keeps failing while the pipeline waits.
     pub fn store_error(&self) {
         self.store_errors.inc();
+    }
+
+    /// A webhook delivery from Alertmanager was stored: `firing` and
+    /// `resolved` alerts as sent, of which `duplicates` changed nothing.
+    /// One DEBUG line per delivery (Alertmanager re-sends every group
+    /// interval, so INFO would flood the log).
+    pub fn alerts_received(&self, receiver: &str, firing: u64, resolved: u64, duplicates: u64) {
+        for (status, n) in [("firing", firing), ("resolved", resolved)] {
+            if n > 0 {
+                self.alerts_received
+                    .get_or_create(&AlertStatusLabel {
+                        status: status.to_string(),
+                    })
+                    .inc_by(n);
+            }
+        }
+        self.alerts_deduplicated.inc_by(duplicates);
+        tracing::debug!(
+            receiver,
+            firing,
+            resolved,
+            duplicates,
+            "Stored alerts from Alertmanager."
+        );
     }
 
     /// This replica started or stopped running the pipeline as the leader.

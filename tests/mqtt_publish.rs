@@ -97,6 +97,7 @@ fn incident(service: &str) -> Incident {
             samples: vec![Sample { t: T0, v: 0.2 }],
             anomalous_at: vec![T0],
         }],
+        alerts: Vec::new(),
         timeline: vec![TimelineEntry {
             at: T0,
             kind: "opened".into(),

@@ -12,7 +12,11 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use super::{Incident, IncidentId, IncidentState, Peak, Severity, SignalEvidence, TimelineEntry};
+use super::alert::{Alert, AlertStatus};
+use super::{
+    AlertEvidence, Incident, IncidentId, IncidentState, Peak, Severity, SignalEvidence,
+    TimelineEntry,
+};
 use crate::config::IncidentConfig;
 use crate::signal::{format_ts, Anomaly, Sample, TimestampMs};
 
@@ -119,6 +123,162 @@ impl Correlator {
         updates
     }
 
+    /// Applies one stored alert (its latest state): a firing alert joins the
+    /// open incident of its group (the `incidents.group_by` labels of the
+    /// alert), or opens one; a resolved alert marks its member resolved, so
+    /// it counts as normal from its `ends_at`. An incident is not resolved
+    /// while a member alert fires ([`Correlator::advance`] resolves it once
+    /// every alert is resolved and every signal was quiet for
+    /// `resolve_after`).
+    ///
+    /// Idempotent: applying the same state again (a replay after a crash, a
+    /// sweep racing the channel) changes nothing and returns no update; a
+    /// `firing` state after `resolved` of the same episode is stale and
+    /// ignored. An alert seen only as resolved (it fired while aiopsd was
+    /// away) still becomes evidence, so nothing accepted is invisible.
+    pub fn on_alert(&mut self, alert: &Alert) -> Vec<IncidentUpdate> {
+        let group = self.group_of_alert(alert);
+        let key = super::group_key(&group);
+        let mut updates = Vec::new();
+
+        if let Some(incident) = self.open.get_mut(&key) {
+            let member = incident
+                .alerts
+                .iter_mut()
+                .find(|e| e.fingerprint == alert.fingerprint && e.starts_at == alert.starts_at);
+            if let Some(member) = member {
+                if member.status == AlertStatus::Firing && alert.status == AlertStatus::Resolved {
+                    member.status = AlertStatus::Resolved;
+                    member.ends_at = alert.ends_at;
+                    let at = alert.ends_at.unwrap_or(alert.starts_at);
+                    incident.timeline.push(TimelineEntry {
+                        at,
+                        kind: "alert_resolved".into(),
+                        message: format!("Alert {} resolved.", alert.name()),
+                    });
+                    updates.push(IncidentUpdate {
+                        kind: UpdateKind::Updated,
+                        incident: incident.clone(),
+                    });
+                }
+                return updates;
+            }
+        }
+
+        // Like an anomaly: an open incident that went quiet longer than the
+        // grouping window before this alert started is a past episode.
+        let window = self.config.group_window.as_millis_i64();
+        let stale = self.open.get(&key).is_some_and(|inc| {
+            !inc.has_firing_alerts() && alert.starts_at.saturating_sub(quiet_since(inc)) > window
+        });
+        if stale {
+            if let Some(mut old) = self.open.remove(&key) {
+                let at = quiet_since(&old)
+                    .saturating_add(self.config.resolve_after.as_millis_i64())
+                    .min(alert.starts_at);
+                old.state = IncidentState::Resolved;
+                old.resolved_at = Some(at);
+                old.timeline.push(TimelineEntry {
+                    at,
+                    kind: "resolved".into(),
+                    message: "Resolved: a new, separate episode started after a quiet period."
+                        .into(),
+                });
+                updates.push(IncidentUpdate {
+                    kind: UpdateKind::Resolved,
+                    incident: old,
+                });
+            }
+        }
+
+        let evidence = AlertEvidence {
+            alert_id: alert.id,
+            fingerprint: alert.fingerprint.clone(),
+            name: alert.name().to_string(),
+            status: alert.status,
+            starts_at: alert.starts_at,
+            ends_at: alert.ends_at,
+            labels: alert.labels.clone(),
+            annotations: alert.annotations.clone(),
+            generator_url: alert.generator_url.clone(),
+        };
+        let what = describe_alert(alert);
+        let is_new = !self.open.contains_key(&key);
+        let cluster = &self.cluster;
+        let incident = self.open.entry(key).or_insert_with(|| Incident {
+            id: None,
+            cluster: cluster.clone(),
+            group,
+            state: IncidentState::Open,
+            severity: Severity::Warning,
+            opened_at: alert.starts_at,
+            last_anomaly_at: alert.starts_at,
+            resolved_at: None,
+            anomaly_count: 0,
+            signals: Vec::new(),
+            alerts: Vec::new(),
+            timeline: vec![TimelineEntry {
+                at: alert.starts_at,
+                kind: "opened".into(),
+                message: format!("Opened: {what}"),
+            }],
+        });
+        if !is_new {
+            incident.timeline.push(TimelineEntry {
+                at: alert.starts_at,
+                kind: "alert_added".into(),
+                message: format!("Also: {what}"),
+            });
+        }
+        incident.opened_at = incident.opened_at.min(alert.starts_at);
+        incident.alerts.push(evidence);
+        // The alert's own `severity` label, when it says critical, is the
+        // rule author's judgement and is taken as is.
+        let critical = alert
+            .labels
+            .get("severity")
+            .is_some_and(|s| s.eq_ignore_ascii_case("critical"));
+        if critical && incident.severity < Severity::Critical {
+            incident.severity = Severity::Critical;
+            if !is_new {
+                incident.timeline.push(TimelineEntry {
+                    at: alert.starts_at,
+                    kind: "severity_raised".into(),
+                    message: format!("Severity raised to {}.", Severity::Critical.as_str()),
+                });
+            }
+        }
+        updates.push(IncidentUpdate {
+            kind: if is_new {
+                UpdateKind::Opened
+            } else {
+                UpdateKind::Updated
+            },
+            incident: incident.clone(),
+        });
+        updates
+    }
+
+    /// The group of an alert: its `incidents.group_by` labels, as for a
+    /// series. An alert with none of them is a group of its own (its name
+    /// and fingerprint) rather than lumped with every other such alert.
+    fn group_of_alert(&self, alert: &Alert) -> BTreeMap<String, String> {
+        let group: BTreeMap<String, String> = self
+            .config
+            .group_by
+            .iter()
+            .filter_map(|label| alert.labels.get(label).map(|v| (label.clone(), v.clone())))
+            .collect();
+        if group.is_empty() {
+            BTreeMap::from([
+                ("alertname".to_string(), alert.name().to_string()),
+                ("fingerprint".to_string(), alert.fingerprint.clone()),
+            ])
+        } else {
+            group
+        }
+    }
+
     /// Moves `signal`'s watermark to `until` and resolves every incident
     /// whose signals have all been quiet for `resolve_after`.
     pub fn advance(&mut self, signal: &str, until: TimestampMs) -> Vec<IncidentUpdate> {
@@ -129,8 +289,11 @@ impl Correlator {
             .open
             .iter()
             .filter_map(|(key, incident)| {
+                if incident.has_firing_alerts() {
+                    return None;
+                }
                 let seen_until = self.members_watermark(incident)?;
-                (seen_until.saturating_sub(incident.last_anomaly_at) >= resolve_after)
+                (seen_until.saturating_sub(quiet_since(incident)) >= resolve_after)
                     .then(|| key.clone())
             })
             .collect();
@@ -144,14 +307,24 @@ impl Correlator {
                 .unwrap_or(incident.last_anomaly_at);
             incident.state = IncidentState::Resolved;
             incident.resolved_at = Some(at);
-            incident.timeline.push(TimelineEntry {
-                at,
-                kind: "resolved".into(),
-                message: format!(
+            let message = if incident.alerts.is_empty() {
+                format!(
                     "Resolved: every signal has been normal since {} ({} without an anomaly).",
                     format_ts(incident.last_anomaly_at),
                     self.config.resolve_after
-                ),
+                )
+            } else {
+                format!(
+                    "Resolved: every alert is resolved and every signal normal since {} \
+                     ({} without an anomaly or firing alert).",
+                    format_ts(quiet_since(&incident)),
+                    self.config.resolve_after
+                )
+            };
+            incident.timeline.push(TimelineEntry {
+                at,
+                kind: "resolved".into(),
+                message,
             });
             updates.push(IncidentUpdate {
                 kind: UpdateKind::Resolved,
@@ -163,7 +336,15 @@ impl Correlator {
 
     /// The data time up to which *all* of an incident's signals were read;
     /// `None` while any of them has not reported since start.
+    ///
+    /// An incident of alerts only has no signal of its own: its clock is the
+    /// furthest any signal has been read (alerts carry wall times, and
+    /// signals are read up to wall time minus `prometheus.lag`), and `None`
+    /// until some signal has reported.
     fn members_watermark(&self, incident: &Incident) -> Option<TimestampMs> {
+        if incident.signals.is_empty() {
+            return self.watermarks.values().copied().max();
+        }
         let signals: BTreeSet<&str> = incident
             .signals
             .iter()
@@ -206,9 +387,11 @@ impl Correlator {
 
         // An open incident whose last anomaly is too long ago for this one to
         // belong: close it at the point it went quiet, then start afresh.
+        // One with a firing alert is ongoing, however old its anomalies.
         let stale = self.open.get(&key).is_some_and(|inc| {
-            anomaly.t.saturating_sub(inc.last_anomaly_at) > window
-                || inc.opened_at.saturating_sub(anomaly.t) > window
+            !inc.has_firing_alerts()
+                && (anomaly.t.saturating_sub(quiet_since(inc)) > window
+                    || inc.opened_at.saturating_sub(anomaly.t) > window)
         });
         if stale {
             if let Some(mut old) = self.open.remove(&key) {
@@ -245,6 +428,7 @@ impl Correlator {
             resolved_at: None,
             anomaly_count: 0,
             signals: Vec::new(),
+            alerts: Vec::new(),
             timeline: vec![TimelineEntry {
                 at: anomaly.t,
                 kind: "opened".into(),
@@ -269,6 +453,28 @@ impl Correlator {
             }
         }
         (key, is_new)
+    }
+}
+
+/// Since when an incident has had nothing abnormal: its latest anomaly or
+/// the latest end of a member alert, whichever is later.
+fn quiet_since(incident: &Incident) -> TimestampMs {
+    incident
+        .alerts
+        .iter()
+        .filter_map(|a| a.ends_at)
+        .fold(incident.last_anomaly_at, TimestampMs::max)
+}
+
+/// `alert HighErrorRate is firing: <summary>` (or `fired and resolved`).
+fn describe_alert(alert: &Alert) -> String {
+    let state = match alert.status {
+        AlertStatus::Firing => "is firing",
+        AlertStatus::Resolved => "fired and resolved",
+    };
+    match alert.annotations.get("summary").filter(|s| !s.is_empty()) {
+        Some(summary) => format!("alert {} {state}: {summary}", alert.name()),
+        None => format!("alert {} {state}.", alert.name()),
     }
 }
 
@@ -542,5 +748,94 @@ mod tests {
         assert_eq!(u[0].incident.resolved_at, Some(10 * MIN));
         assert_eq!(u[1].incident.opened_at, 40 * MIN);
         assert_eq!(c.open_incidents().count(), 1);
+    }
+
+    fn alert(fingerprint: &str, service: &str, status: AlertStatus, starts_at: i64) -> Alert {
+        Alert {
+            id: 7,
+            fingerprint: fingerprint.into(),
+            status,
+            labels: BTreeMap::from([
+                ("alertname".to_string(), "HighErrorRate".to_string()),
+                ("namespace".to_string(), "shop".to_string()),
+                ("service".to_string(), service.to_string()),
+            ]),
+            annotations: BTreeMap::from([("summary".to_string(), "5xx above 5%".to_string())]),
+            starts_at,
+            ends_at: (status == AlertStatus::Resolved).then_some(starts_at + 5 * MIN),
+            generator_url: String::new(),
+            receiver: "aiopsd".into(),
+            received_at: starts_at,
+        }
+    }
+
+    #[test]
+    fn an_alert_joins_its_services_incident_and_holds_it_open_while_firing() {
+        let mut c = Correlator::new(config(), "test");
+        c.on_batch("errors", &[anomaly("errors", "cart", 0, 7.0)], 0);
+        let u = c.on_alert(&alert("f1", "cart", AlertStatus::Firing, MIN));
+        assert_eq!(u.len(), 1);
+        assert_eq!(u[0].kind, UpdateKind::Updated);
+        assert_eq!(u[0].incident.alerts.len(), 1);
+        assert!(u[0]
+            .incident
+            .timeline
+            .iter()
+            .any(|e| e.kind == "alert_added"));
+        // Signals quiet for far longer than resolve_after: still open.
+        assert!(c.advance("errors", 120 * MIN).is_empty());
+        // Resolved: the alert counts as normal from its end (6 min).
+        let u = c.on_alert(&alert("f1", "cart", AlertStatus::Resolved, MIN));
+        assert_eq!(u[0].kind, UpdateKind::Updated);
+        assert_eq!(u[0].incident.alerts[0].status, AlertStatus::Resolved);
+        let u = c.advance("errors", 121 * MIN);
+        assert_eq!(u.len(), 1);
+        assert_eq!(u[0].kind, UpdateKind::Resolved);
+        assert!(u[0]
+            .incident
+            .timeline
+            .iter()
+            .any(|e| e.kind == "alert_resolved"));
+    }
+
+    #[test]
+    fn an_alert_alone_opens_an_incident_that_resolves_after_the_quiet_period() {
+        let mut c = Correlator::new(config(), "test");
+        let mut critical = alert("f2", "pay", AlertStatus::Firing, 0);
+        critical.labels.insert("severity".into(), "critical".into());
+        let u = c.on_alert(&critical);
+        assert_eq!(u[0].kind, UpdateKind::Opened);
+        assert_eq!(u[0].incident.severity, Severity::Critical);
+        assert_eq!(u[0].incident.opened_at, 0);
+        assert!(u[0].incident.signals.is_empty());
+        // The same state again (a replay) changes nothing.
+        assert!(c.on_alert(&critical).is_empty());
+        let resolved = alert("f2", "pay", AlertStatus::Resolved, 0);
+        assert_eq!(c.on_alert(&resolved).len(), 1);
+        assert!(c.on_alert(&resolved).is_empty(), "idempotent");
+        // A late firing retry of the same episode is stale.
+        assert!(c.on_alert(&critical).is_empty());
+        // Resolved at 5 min; quiet for 10 min on the signals' clock.
+        assert!(c.advance("errors", 14 * MIN).is_empty());
+        let u = c.advance("errors", 15 * MIN);
+        assert_eq!(u.len(), 1);
+        assert_eq!(u[0].kind, UpdateKind::Resolved);
+        assert_eq!(u[0].incident.resolved_at, Some(15 * MIN));
+    }
+
+    #[test]
+    fn alerts_of_different_services_or_without_group_labels_stay_apart() {
+        let mut c = Correlator::new(config(), "test");
+        c.on_alert(&alert("f3", "cart", AlertStatus::Firing, 0));
+        c.on_alert(&alert("f4", "pay", AlertStatus::Firing, 0));
+        let mut bare = alert("f5", "x", AlertStatus::Firing, 0);
+        bare.labels.retain(|k, _| k == "alertname");
+        let u = c.on_alert(&bare);
+        assert_eq!(u[0].kind, UpdateKind::Opened);
+        assert_eq!(
+            u[0].incident.group_key(),
+            "alertname=HighErrorRate,fingerprint=f5"
+        );
+        assert_eq!(c.open_incidents().count(), 3);
     }
 }

@@ -6,10 +6,12 @@
 //! loses an incident that was announced. [`report`] renders what the store
 //! holds as Markdown.
 
+pub mod alert;
 mod correlate;
 pub mod report;
 mod store;
 
+pub use alert::{Alert, AlertBatch, AlertId, AlertReceipt, AlertStatus, AppliedAlert, NewAlert};
 pub use correlate::{Correlator, IncidentUpdate, UpdateKind};
 pub use store::{IncidentFilter, IncidentPage, Store, StoreError};
 
@@ -97,6 +99,32 @@ pub struct SignalEvidence {
     pub anomalous_at: Vec<TimestampMs>,
 }
 
+/// An Alertmanager alert that is a member of an incident.
+///
+/// One entry per firing episode (`fingerprint`, `starts_at`); an alert that
+/// resolves and fires again adds a second entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AlertEvidence {
+    /// Store id of the alert (`alerts` table).
+    pub alert_id: AlertId,
+    /// Alertmanager's fingerprint of the label set.
+    pub fingerprint: String,
+    /// The `alertname` label, for people.
+    pub name: String,
+    /// Firing or resolved (as last received).
+    pub status: AlertStatus,
+    /// When it started firing.
+    pub starts_at: TimestampMs,
+    /// When it resolved; `None` while firing.
+    pub ends_at: Option<TimestampMs>,
+    /// All its labels.
+    pub labels: BTreeMap<String, String>,
+    /// Its annotations (`summary`, `description`, ...).
+    pub annotations: BTreeMap<String, String>,
+    /// Link to the rule in the sender.
+    pub generator_url: String,
+}
+
 /// One line of an incident's history.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TimelineEntry {
@@ -123,7 +151,8 @@ pub struct Incident {
     pub severity: Severity,
     /// Data time of the first anomaly.
     pub opened_at: TimestampMs,
-    /// Data time of the latest anomaly.
+    /// Data time of the latest anomaly (for an incident opened by an
+    /// alert, the alert's start until an anomaly joins).
     pub last_anomaly_at: TimestampMs,
     /// Data time at which it was resolved.
     pub resolved_at: Option<TimestampMs>,
@@ -131,6 +160,11 @@ pub struct Incident {
     pub anomaly_count: u64,
     /// Per-series evidence, in the order the series joined.
     pub signals: Vec<SignalEvidence>,
+    /// Member alerts from Alertmanager, in the order they joined.
+    /// `serde(default)`: incidents stored before alert intake existed have
+    /// none and must still load.
+    #[serde(default)]
+    pub alerts: Vec<AlertEvidence>,
     /// History, oldest first.
     pub timeline: Vec<TimelineEntry>,
 }
@@ -154,6 +188,12 @@ impl Incident {
             (Some(s), None) => s.to_string(),
             _ => self.group_key(),
         }
+    }
+
+    /// True while any member alert is firing: such an incident is not
+    /// resolved, however quiet its signals are.
+    pub fn has_firing_alerts(&self) -> bool {
+        self.alerts.iter().any(|a| a.status == AlertStatus::Firing)
     }
 
     /// Evidence with the largest |peak score|: the headline signal.

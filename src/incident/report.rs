@@ -12,7 +12,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use super::{Incident, IncidentState, SignalEvidence};
+use super::{AlertStatus, Incident, IncidentState, SignalEvidence};
 use crate::signal::{format_ts, TimestampMs};
 
 /// Widest sparkline, in characters; longer evidence is bucketed.
@@ -86,6 +86,7 @@ fn write_report(out: &mut String, incident: &Incident, now: TimestampMs) -> std:
     writeln!(out)?;
     match headline {
         Some(h) => write_diagnosis(out, incident, h)?,
+        None if !incident.alerts.is_empty() => write_alert_diagnosis(out, incident)?,
         None => writeln!(
             out,
             "No signal evidence is recorded for this incident; only its timeline is available."
@@ -125,6 +126,11 @@ fn write_report(out: &mut String, incident: &Incident, now: TimestampMs) -> std:
         }
     }
 
+    // Alerts from Alertmanager.
+    if !incident.alerts.is_empty() {
+        write_alerts(out, incident)?;
+    }
+
     // Timeline.
     writeln!(out, "## Timeline")?;
     writeln!(out)?;
@@ -147,10 +153,18 @@ fn write_report(out: &mut String, incident: &Incident, now: TimestampMs) -> std:
     // honest default until they exist.
     writeln!(out, "## What aiopsd did")?;
     writeln!(out)?;
-    writeln!(
-        out,
-        "- Detected the anomalies above and grouped them into this incident."
-    )?;
+    if incident.alerts.is_empty() {
+        writeln!(
+            out,
+            "- Detected the anomalies above and grouped them into this incident."
+        )?;
+    } else {
+        writeln!(
+            out,
+            "- Received the alerts above from Alertmanager and grouped them, with any \
+             anomalies detected for the same group, into this incident."
+        )?;
+    }
     writeln!(
         out,
         "- Detection and grouping only — no remediation policy is configured; \
@@ -162,6 +176,69 @@ fn write_report(out: &mut String, incident: &Incident, now: TimestampMs) -> std:
     writeln!(out, "## Next steps")?;
     writeln!(out)?;
     write_next_steps(out, incident)?;
+    Ok(())
+}
+
+/// The diagnosis of an incident made of alerts only: which alerts, in the
+/// words their rules give (`summary`).
+fn write_alert_diagnosis(out: &mut String, incident: &Incident) -> std::fmt::Result {
+    let firing = incident
+        .alerts
+        .iter()
+        .filter(|a| a.status == AlertStatus::Firing)
+        .count();
+    writeln!(
+        out,
+        "{} {} from Alertmanager, {} firing; no anomaly was detected on the watched signals.",
+        incident.alerts.len(),
+        plural(incident.alerts.len() as u64, "alert", "alerts"),
+        firing
+    )?;
+    for a in incident.alerts.iter().take(3) {
+        match a.annotations.get("summary").filter(|s| !s.is_empty()) {
+            Some(summary) => writeln!(out, "- {}: {}", code(&a.name), one_line(summary))?,
+            None => writeln!(out, "- {}", code(&a.name))?,
+        }
+    }
+    Ok(())
+}
+
+/// The `## Alerts` section: every member alert with its state and times,
+/// labels and the rule's description.
+fn write_alerts(out: &mut String, incident: &Incident) -> std::fmt::Result {
+    writeln!(out, "## Alerts")?;
+    writeln!(out)?;
+    writeln!(out, "| Alert | State | Since | Until | Summary |")?;
+    writeln!(out, "|---|---|---|---|---|")?;
+    for a in &incident.alerts {
+        writeln!(
+            out,
+            "| {} | {} | {} | {} | {} |",
+            table_cell(&code(&a.name)),
+            a.status.as_str(),
+            format_ts(a.starts_at),
+            a.ends_at.map_or_else(|| "—".to_string(), format_ts),
+            table_cell(&one_line(
+                a.annotations.get("summary").map_or("", String::as_str)
+            )),
+        )?;
+    }
+    writeln!(out)?;
+    for a in &incident.alerts {
+        let labels: Vec<String> = a.labels.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
+        writeln!(out, "- {}: {}", code(&a.name), code(&labels.join(", ")))?;
+        if let Some(d) = a.annotations.get("description").filter(|d| !d.is_empty()) {
+            writeln!(out, "  {}", one_line(d))?;
+        }
+        if !a.generator_url.is_empty() {
+            writeln!(
+                out,
+                "  [rule expression]({})",
+                a.generator_url.replace([')', ' '], "")
+            )?;
+        }
+    }
+    writeln!(out)?;
     Ok(())
 }
 
@@ -538,6 +615,7 @@ mod tests {
                 evidence("latency_p99", -3.24),
                 evidence("error_ratio", 8.345),
             ],
+            alerts: Vec::new(),
             timeline: vec![
                 TimelineEntry {
                     at: T0,
@@ -739,5 +817,39 @@ mod tests {
         assert_eq!(code("a"), "`a`");
         assert_eq!(code("a`b"), "`` a`b ``");
         assert_eq!(code("x\ny"), "`x y`");
+    }
+
+    #[test]
+    fn alert_members_get_their_own_section_and_explain_an_alert_only_incident() {
+        let mut inc = incident();
+        inc.signals.clear();
+        inc.alerts.push(crate::incident::AlertEvidence {
+            alert_id: 1,
+            fingerprint: "a1b2c3d4e5f60718".into(),
+            name: "HighErrorRate".into(),
+            status: AlertStatus::Firing,
+            starts_at: inc.opened_at,
+            ends_at: None,
+            labels: [("service".to_string(), "checkout".to_string())].into(),
+            annotations: [
+                ("summary".to_string(), "5xx | above 5%\nnow".to_string()),
+                (
+                    "description".to_string(),
+                    "Check the payment backend.".to_string(),
+                ),
+            ]
+            .into(),
+            generator_url: "http://prometheus:9090/graph?g0.expr=x".into(),
+        });
+        let report = render_markdown(&inc, inc.opened_at + 60_000);
+        assert!(
+            report.contains("1 alert from Alertmanager, 1 firing"),
+            "{report}"
+        );
+        assert!(report.contains("## Alerts"), "{report}");
+        assert!(report.contains("| `HighErrorRate` | firing |"), "{report}");
+        assert!(report.contains("5xx \\| above 5% now"), "{report}");
+        assert!(report.contains("Check the payment backend."), "{report}");
+        assert!(report.contains(r#"`service="checkout"`"#), "{report}");
     }
 }

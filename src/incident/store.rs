@@ -35,6 +35,10 @@ use crate::signal::TimestampMs;
 #[path = "store_outbox.rs"]
 mod outbox;
 
+// Alerts received from Alertmanager (migration 3).
+#[path = "store_alerts.rs"]
+mod alerts;
+
 /// Schema migrations, applied in order; migration `i` brings the schema to
 /// `user_version = i + 1`.
 ///
@@ -146,6 +150,32 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE INDEX approval_nonces_by_age ON approval_nonces (seen_at);
     "#,
+    // 3: alerts received from Alertmanager (src/incident/store_alerts.rs).
+    r#"
+    -- One row per firing episode of an alert: (fingerprint, starts_at) is
+    -- the identity, so a repeated delivery finds its row instead of adding
+    -- one. `processed` = 0 marks a change (new, or just resolved) not yet
+    -- applied to incidents; it is set in the transaction that saves the
+    -- incident, and rows still at 0 are replayed on start.
+    CREATE TABLE alerts (
+        id            INTEGER PRIMARY KEY AUTOINCREMENT,
+        fingerprint   TEXT    NOT NULL,
+        starts_at     INTEGER NOT NULL,
+        ends_at       INTEGER,
+        status        TEXT    NOT NULL CHECK (status IN ('firing', 'resolved')),
+        alertname     TEXT,
+        labels        TEXT    NOT NULL,
+        annotations   TEXT    NOT NULL,
+        generator_url TEXT    NOT NULL,
+        receiver      TEXT    NOT NULL,
+        group_key     TEXT    NOT NULL,
+        received_at   INTEGER NOT NULL,
+        updated_at    INTEGER NOT NULL,
+        processed     INTEGER NOT NULL DEFAULT 0 CHECK (processed IN (0, 1))
+    );
+    CREATE UNIQUE INDEX alerts_identity ON alerts (fingerprint, starts_at);
+    CREATE INDEX alerts_unprocessed ON alerts (id) WHERE processed = 0;
+    "#,
 ];
 
 /// How long a statement waits for a lock held by another connection (the
@@ -248,6 +278,16 @@ pub enum StoreError {
         /// The id asked for.
         id: IncidentId,
     },
+    /// An alert's labels or annotations could not be encoded, or a stored
+    /// alert row could not be read back.
+    #[error("alert {fingerprint} has data that cannot be stored or read")]
+    AlertData {
+        /// The alert's fingerprint.
+        fingerprint: String,
+        /// What serde_json said.
+        #[source]
+        source: serde_json::Error,
+    },
     /// Checkpointing the write-ahead log into the main file failed.
     #[error("cannot checkpoint the store's write-ahead log")]
     Checkpoint {
@@ -276,6 +316,7 @@ impl StoreError {
             | StoreError::Encode { .. }
             | StoreError::Decode { .. }
             | StoreError::AlreadyOpen { .. }
+            | StoreError::AlertData { .. }
             | StoreError::UnknownIncident { .. } => false,
         }
     }
@@ -871,6 +912,7 @@ mod tests {
                 ],
                 anomalous_at: vec![opened_at, opened_at + 30_000],
             }],
+            alerts: Vec::new(),
             timeline: vec![TimelineEntry {
                 at: opened_at,
                 kind: "opened".into(),

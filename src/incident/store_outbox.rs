@@ -106,17 +106,9 @@ impl Store {
         };
         let mut conn = self.lock();
         let tx = conn.transaction().map_err(write)?;
-        let (id, new_entries) = write_incident(&tx, incident)?;
-        let mut sinks = load_sinks(&tx)?;
-        let mut report = EnqueueReport::default();
-        for (event_kind, at, message) in incident_events(kind, incident, &new_entries) {
-            enqueue(&tx, &mut sinks, &mut report, id, now, event_kind, |seq| {
-                Event::for_incident(event_kind, incident, id, seq, at, message)
-            })?;
-        }
-        finish_sinks(&tx, &sinks, &mut report)?;
+        let saved = save_incident_in(&tx, incident, kind, now)?;
         tx.commit().map_err(write)?;
-        Ok(SavedIncident { id, report })
+        Ok(saved)
     }
 
     /// Up to `limit` queued events of `sink` with a row id above
@@ -494,6 +486,27 @@ impl Store {
     }
 }
 
+/// The body of [`Store::save_incident_with_events`], inside the caller's
+/// transaction, so other changes (alerts marked as applied,
+/// src/incident/store_alerts.rs) commit together with the incident.
+pub(super) fn save_incident_in(
+    tx: &Transaction<'_>,
+    incident: &Incident,
+    kind: UpdateKind,
+    now: TimestampMs,
+) -> Result<SavedIncident, StoreError> {
+    let (id, new_entries) = write_incident(tx, incident)?;
+    let mut sinks = load_sinks(tx)?;
+    let mut report = EnqueueReport::default();
+    for (event_kind, at, message) in incident_events(kind, incident, &new_entries) {
+        enqueue(tx, &mut sinks, &mut report, id, now, event_kind, |seq| {
+            Event::for_incident(event_kind, incident, id, seq, at, message)
+        })?;
+    }
+    finish_sinks(tx, &sinks, &mut report)?;
+    Ok(SavedIncident { id, report })
+}
+
 /// The events an incident save causes; see
 /// [`Store::save_incident_with_events`].
 fn incident_events(
@@ -824,6 +837,7 @@ mod tests {
                 samples: vec![Sample { t: T0, v: 1.0 }],
                 anomalous_at: vec![T0],
             }],
+            alerts: Vec::new(),
             timeline: vec![TimelineEntry {
                 at: T0,
                 kind: "opened".into(),

@@ -12,8 +12,7 @@ use axum::Json;
 use serde::Deserialize;
 
 use super::error::ApiError;
-use super::AppState;
-use crate::incident::{Store, StoreError};
+use super::{parse_id, with_store, AppState};
 use crate::publish::approvals::{
     check_text, ActionId, ActionState, ApprovalRefused, Channel, Decision, DecisionOutcome,
     DecisionRefused, Verdict,
@@ -48,25 +47,6 @@ pub(super) struct ListResponse {
     items: Vec<ActionSnapshot>,
 }
 
-async fn with_store<T, F>(store: &Store, f: F) -> Result<T, ApiError>
-where
-    T: Send + 'static,
-    F: FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
-{
-    let store = store.clone();
-    tokio::task::spawn_blocking(move || f(&store))
-        .await
-        .map_err(ApiError::Task)?
-        .map_err(ApiError::Store)
-}
-
-fn parse_id(raw: &str) -> Result<ActionId, ApiError> {
-    raw.parse().map_err(|_| ApiError::InvalidParam {
-        name: "id",
-        reason: format!("{raw:?} is not an action id (a whole number)"),
-    })
-}
-
 /// `GET /api/v1/actions?state=pending&limit=50`
 pub(super) async fn list_actions(
     State(state): State<AppState>,
@@ -98,7 +78,7 @@ pub(super) async fn get_action(
     State(state): State<AppState>,
     Path(raw): Path<String>,
 ) -> Result<Json<ActionSnapshot>, ApiError> {
-    let id = parse_id(&raw)?;
+    let id: ActionId = parse_id(&raw, "an action id")?;
     match with_store(&state.store, move |s| s.get_action(id)).await? {
         Some(action) => Ok(Json(action.snapshot())),
         None => Err(ApiError::NotFound(format!("no action with id {id}"))),
@@ -129,7 +109,7 @@ async fn decide(
     body: Result<Json<DecisionBody>, JsonRejection>,
     verdict: Verdict,
 ) -> Result<Json<ActionSnapshot>, ApiError> {
-    let id = parse_id(&raw)?;
+    let id: ActionId = parse_id(&raw, "an action id")?;
     let Json(body) = body.map_err(|e| {
         ApiError::BadRequest(format!(
             "the body must be JSON {{\"by\": \"...\", \"reason\": \"...\"}}: {}",
@@ -178,15 +158,12 @@ async fn decide(
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
-    use std::time::Duration;
 
-    use axum::body::Body;
-    use axum::http::{header, Request, StatusCode};
-    use http_body_util::BodyExt;
+    use axum::http::StatusCode;
     use serde_json::Value;
-    use tower::ServiceExt;
 
-    use super::super::{router, AppState};
+    use super::super::tests::send;
+    use super::super::AppState;
     use crate::config::Secret;
     use crate::incident::{Incident, IncidentState, Severity, Store, TimelineEntry, UpdateKind};
     use crate::publish::approvals::ActionRequest;
@@ -208,6 +185,7 @@ mod tests {
             resolved_at: None,
             anomaly_count: 1,
             signals: Vec::new(),
+            alerts: Vec::new(),
             timeline: vec![TimelineEntry {
                 at: 1_000,
                 kind: "opened".into(),
@@ -239,10 +217,13 @@ mod tests {
             health: Health::new(),
             api_token: Some(Secret::from(TOKEN)),
             cluster: "test".into(),
+            alertmanager: crate::config::AlertmanagerConfig::default(),
+            alert_tx: None,
         };
         (state, ids)
     }
 
+    /// The answer's status and JSON body (`null` when it is not JSON).
     async fn call(
         state: &AppState,
         method: &str,
@@ -250,29 +231,8 @@ mod tests {
         token: Option<&str>,
         body: Option<&str>,
     ) -> (StatusCode, Value) {
-        let mut request = Request::builder().method(method).uri(uri);
-        if let Some(t) = token {
-            request = request.header(header::AUTHORIZATION, format!("Bearer {t}"));
-        }
-        if body.is_some() {
-            request = request.header(header::CONTENT_TYPE, "application/json");
-        }
-        let body = body.map_or_else(Body::empty, |b| Body::from(b.to_string()));
-        let response = router(state.clone(), Duration::from_secs(5))
-            .oneshot(request.body(body).expect("request"))
-            .await
-            .expect("infallible");
-        let status = response.status();
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .expect("body")
-            .to_bytes();
-        (
-            status,
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        )
+        let (status, _, body) = send(state, method, uri, token, body).await;
+        (status, serde_json::from_str(&body).unwrap_or(Value::Null))
     }
 
     const BODY: &str = r#"{"by": "alice", "reason": "error rate is back to normal after restart"}"#;

@@ -11,11 +11,9 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 
 use super::error::ApiError;
-use super::AppState;
+use super::{parse_id, with_store, AppState};
 use crate::incident::report::render_markdown;
-use crate::incident::{
-    Incident, IncidentFilter, IncidentId, IncidentState, Severity, Store, StoreError,
-};
+use crate::incident::{Incident, IncidentFilter, IncidentId, IncidentState, Severity};
 use crate::signal::{format_ts, now_ms, TimestampMs};
 
 /// Prefix of every incident URL; the summaries' links are built from it.
@@ -113,28 +111,6 @@ fn parse_time(name: &'static str, raw: &str) -> Result<TimestampMs, ApiError> {
         .duration_since(UNIX_EPOCH)
         .map_err(|_| invalid(format!("{raw:?} is before 1970")))?;
     i64::try_from(since_epoch.as_millis()).map_err(|_| invalid(format!("{raw:?} is too far ahead")))
-}
-
-/// Parses the `{id}` path segment.
-fn parse_id(raw: &str) -> Result<IncidentId, ApiError> {
-    raw.parse().map_err(|_| ApiError::InvalidParam {
-        name: "id",
-        reason: format!("{raw:?} is not an incident id (a whole number)"),
-    })
-}
-
-/// Runs a store call on the blocking pool: SQLite calls block, and a slow
-/// disk must not stall the runtime's few worker threads.
-async fn with_store<T, F>(store: &Store, f: F) -> Result<T, ApiError>
-where
-    T: Send + 'static,
-    F: FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
-{
-    let store = store.clone();
-    tokio::task::spawn_blocking(move || f(&store))
-        .await
-        .map_err(ApiError::Task)?
-        .map_err(ApiError::Store)
 }
 
 /// One page of the list endpoint.
@@ -239,7 +215,7 @@ pub(super) async fn list_incidents(
 
 /// Loads one incident or answers 404.
 async fn find(state: &AppState, raw_id: &str) -> Result<Incident, ApiError> {
-    let id = parse_id(raw_id)?;
+    let id: IncidentId = parse_id(raw_id, "an incident id")?;
     with_store(&state.store, move |s| s.get_incident(id))
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("incident {id} does not exist")))

@@ -9,7 +9,7 @@ use crate::incident::StoreError;
 
 /// Why an API request failed.
 ///
-/// Client mistakes (400, 401, 404, 409) get their status and a JSON body
+/// Client mistakes (400, 401, 404, 409, 413) get their status and a JSON body
 /// `{"error": "..."}` saying what to fix, and are not logged: they are the
 /// caller's problem, and logging them would let any client fill our logs.
 /// Internal failures get a 500 with a generic body (no store paths or SQL
@@ -34,6 +34,13 @@ pub enum ApiError {
     /// A bearer token was sent but is not the configured one.
     #[error("the bearer token is not valid")]
     InvalidToken,
+    /// Basic auth credentials were sent but are not the configured ones
+    /// (or basic auth is not configured).
+    #[error("the basic auth credentials are not valid")]
+    InvalidCredentials,
+    /// The request body is larger than the configured limit.
+    #[error("{0}")]
+    PayloadTooLarge(String),
     /// The thing asked for does not exist.
     #[error("{0}")]
     NotFound(String),
@@ -53,7 +60,10 @@ impl ApiError {
     fn status(&self) -> StatusCode {
         match self {
             ApiError::InvalidParam { .. } | ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::MissingToken | ApiError::InvalidToken => StatusCode::UNAUTHORIZED,
+            ApiError::MissingToken | ApiError::InvalidToken | ApiError::InvalidCredentials => {
+                StatusCode::UNAUTHORIZED
+            }
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Store(_) | ApiError::Task(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -81,6 +91,7 @@ impl IntoResponse for ApiError {
         let challenge = match self {
             ApiError::MissingToken => Some(r#"Bearer realm="aiopsd""#),
             ApiError::InvalidToken => Some(r#"Bearer realm="aiopsd", error="invalid_token""#),
+            ApiError::InvalidCredentials => Some(r#"Basic realm="aiopsd""#),
             _ => None,
         };
         if let Some(challenge) = challenge {

@@ -13,6 +13,7 @@
 //! | `GET /api/v1/actions/{id}` | token | one action |
 //! | `POST /api/v1/actions/{id}/approve` | token | approve: body `{"by", "reason"}`; 404 unknown, 409 decided/expired |
 //! | `POST /api/v1/actions/{id}/deny` | token | deny: same body and answers |
+//! | `POST /api/v1/alerts/alertmanager` | token or basic | Alertmanager webhook (payload v4); 200 once stored |
 //! | `GET /metrics` | none | aiopsd's own metrics (OpenMetrics) |
 //! | `GET /healthz` | none | `ok` while the process serves HTTP |
 //! | `GET /readyz` | none | 200, or 503 with every reason it is not ready |
@@ -20,6 +21,7 @@
 //! Errors are JSON `{"error": "..."}` (see [`ApiError`]).
 
 mod actions;
+mod alerts;
 mod api;
 mod auth;
 mod error;
@@ -28,17 +30,19 @@ mod probes;
 pub use error::ApiError;
 
 use std::future::Future;
+use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::DefaultBodyLimit;
 use axum::http::{StatusCode, Uri};
 use axum::routing::{get, post};
 use axum::{middleware, Router};
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
-use crate::config::Secret;
-use crate::incident::Store;
+use crate::config::{AlertmanagerConfig, Secret};
+use crate::incident::{AlertBatch, Store, StoreError};
 use crate::telemetry::{Health, Metrics};
 
 /// What every handler may use; cloned per request, so everything in it is
@@ -56,6 +60,11 @@ pub struct AppState {
     pub api_token: Option<Secret>,
     /// Cluster name from config.
     pub cluster: String,
+    /// The Alertmanager webhook's settings (basic auth, body limit).
+    pub alertmanager: AlertmanagerConfig,
+    /// Where the webhook hands stored alerts to the incident stage; `None`
+    /// when nothing listens (tests): alerts then wait in the store.
+    pub alert_tx: Option<tokio::sync::mpsc::Sender<AlertBatch>>,
 }
 
 /// Builds the application: every route, the token check on `/api/*`, and
@@ -93,8 +102,26 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
             state.api_token.clone(),
             auth::require_token,
         ));
+    // The webhook has its own credentials check (the token or basic auth)
+    // and body limit, both applied before the body is read.
+    let credentials = auth::WebhookCredentials {
+        token: state.api_token.clone(),
+        basic: state
+            .alertmanager
+            .basic_auth
+            .as_ref()
+            .map(|b| (b.username.clone(), b.password.clone())),
+    };
+    let webhook = Router::new()
+        .route(alerts::ALERTMANAGER_PATH, post(alerts::receive))
+        .layer(DefaultBodyLimit::max(state.alertmanager.max_body_bytes))
+        .route_layer(middleware::from_fn_with_state(
+            Arc::new(credentials),
+            auth::require_webhook_credentials,
+        ));
     Router::new()
         .merge(api)
+        .merge(webhook)
         .route("/metrics", get(probes::metrics))
         .route("/healthz", get(probes::healthz))
         .route("/readyz", get(probes::readyz))
@@ -113,6 +140,29 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
 /// JSON 404 for any path without a route.
 async fn not_found(uri: Uri) -> ApiError {
     ApiError::NotFound(format!("no route for {}", uri.path()))
+}
+
+/// Runs a store call on the blocking pool: SQLite calls block, and a slow
+/// disk must not stall the runtime's few worker threads.
+async fn with_store<T, F>(store: &Store, f: F) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    F: FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+{
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || f(&store))
+        .await
+        .map_err(ApiError::Task)?
+        .map_err(ApiError::Store)
+}
+
+/// Parses an `{id}` path segment; `what` names it in the error, e.g.
+/// "an incident id".
+fn parse_id<T: FromStr>(raw: &str, what: &str) -> Result<T, ApiError> {
+    raw.parse().map_err(|_| ApiError::InvalidParam {
+        name: "id",
+        reason: format!("{raw:?} is not {what} (a whole number)"),
+    })
 }
 
 /// Serves `router` on `listener` until `shutdown` completes, then lets
@@ -197,6 +247,7 @@ mod tests {
                 ],
                 anomalous_at: vec![opened_at, opened_at + 60_000],
             }],
+            alerts: Vec::new(),
             timeline: vec![TimelineEntry {
                 at: opened_at,
                 kind: "opened".into(),
@@ -229,22 +280,32 @@ mod tests {
                 health: Health::new(),
                 api_token: token.map(Secret::from),
                 cluster: "test".into(),
+                alertmanager: AlertmanagerConfig::default(),
+                alert_tx: None,
             },
             ids,
         }
     }
 
-    async fn call(
+    /// Sends one request through the router (no socket), with the bearer
+    /// `token` and, if given, a JSON `body`; the actions tests use it too.
+    pub(super) async fn send(
         state: &AppState,
+        method: &str,
         uri: &str,
         token: Option<&str>,
+        body: Option<&str>,
     ) -> (StatusCode, HeaderMap, String) {
-        let mut request = Request::get(uri);
+        let mut request = Request::builder().method(method).uri(uri);
         if let Some(t) = token {
             request = request.header(header::AUTHORIZATION, format!("Bearer {t}"));
         }
+        if body.is_some() {
+            request = request.header(header::CONTENT_TYPE, "application/json");
+        }
+        let body = body.map_or_else(Body::empty, |b| Body::from(b.to_string()));
         let response = router(state.clone(), Duration::from_secs(5))
-            .oneshot(request.body(Body::empty()).expect("request"))
+            .oneshot(request.body(body).expect("request"))
             .await
             .expect("infallible");
         let status = response.status();
@@ -260,6 +321,15 @@ mod tests {
             headers,
             String::from_utf8(body.to_vec()).expect("utf-8"),
         )
+    }
+
+    /// A GET.
+    async fn call(
+        state: &AppState,
+        uri: &str,
+        token: Option<&str>,
+    ) -> (StatusCode, HeaderMap, String) {
+        send(state, "GET", uri, token, None).await
     }
 
     async fn json(state: &AppState, uri: &str) -> (StatusCode, Value) {

@@ -129,6 +129,8 @@ mod tests {
             health,
             api_token: None,
             cluster: "test".into(),
+            alertmanager: crate::config::AlertmanagerConfig::default(),
+            alert_tx: None,
         };
         let response = router(state, Duration::from_secs(5))
             .oneshot(

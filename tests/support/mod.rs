@@ -12,6 +12,9 @@
 //! - [`real_mosquitto`]: the Debian `mosquitto` broker started through
 //!   `scripts/mosquitto-start.sh` on a free loopback port, with stop and
 //!   restart on the same port (a broker outage); stopped when dropped.
+//! - [`real_alertmanager`]: the Debian `prometheus-alertmanager` binary
+//!   started through `scripts/alertmanager-start.sh` on a free loopback port
+//!   with a given config, gossip off; stopped when the guard drops.
 //! - [`script_server`]: what those two share: a server run by its
 //!   `scripts/NAME-start.sh` in a temporary directory on a free port (with
 //!   retries), stopped by `NAME-stop.sh` on drop.
@@ -29,6 +32,7 @@ pub mod daemon;
 pub mod fake_kube;
 pub mod fake_prometheus;
 pub mod openmetrics;
+pub mod real_alertmanager;
 pub mod real_mosquitto;
 pub mod real_prometheus;
 pub mod script_server;

@@ -46,6 +46,15 @@ impl RealPrometheus {
         Self::start_inner(Some(openmetrics))
     }
 
+    /// Starts a server on the given `prometheus.yml` (scrape targets,
+    /// `rule_files` with absolute paths, Alertmanagers) instead of the
+    /// default one without scrapes.
+    pub fn start_with_config(config: &Path) -> Self {
+        RealPrometheus {
+            server: ScriptServer::start("prometheus", &["--config".into(), config.into()]),
+        }
+    }
+
     fn start_inner(openmetrics: Option<&Path>) -> Self {
         let extra: Vec<OsString> = match openmetrics {
             Some(file) => vec!["--openmetrics".into(), file.into()],

@@ -71,7 +71,7 @@ enum Command {
         #[arg(long)]
         profiles: Option<PathBuf>,
         /// Detector kind with default tunables (robust_ewma, median_mad,
-        /// seasonal, cusum, ensemble). Default: the `ensemble` preset.
+        /// seasonal, cusum, kmeans, ensemble). Default: the `ensemble` preset.
         #[arg(long, conflicts_with = "preset")]
         detector: Option<String>,
         /// Preset name in models/presets/ or a path to a preset .yaml.

@@ -13,6 +13,7 @@ mod calibrate;
 mod cusum;
 mod engine;
 mod ensemble;
+mod kmeans;
 mod median_mad;
 pub mod preset;
 mod robust_ewma;
@@ -21,7 +22,8 @@ mod seasonal;
 pub use calibrate::{ln_normal_tail, CalibrationParams, Calibrator};
 pub use cusum::{Cusum, CusumParams};
 pub use engine::{Engine, EngineStats, SignalDetection};
-pub use ensemble::{Ensemble, EnsembleParams};
+pub use ensemble::{Combine, Ensemble, EnsembleParams};
+pub use kmeans::{KMeansDetector, KMeansParams};
 pub use median_mad::{MedianMad, MedianMadParams};
 pub use robust_ewma::{RobustEwma, RobustEwmaParams};
 pub use seasonal::{Seasonal, SeasonalParams};
@@ -84,6 +86,9 @@ pub enum DetectorSpec {
     Seasonal(SeasonalParams),
     /// Two-sided CUSUM: small lasting level shifts (change points).
     Cusum(CusumParams),
+    /// k-means (linfa) on windowed shape features, refitted on the recent
+    /// past: shape changes that stay within the usual range.
+    Kmeans(KMeansParams),
     /// Calibrated combination of the above with alarm suppression.
     Ensemble(EnsembleParams),
 }
@@ -102,6 +107,7 @@ impl DetectorSpec {
             DetectorSpec::MedianMad(p) => p.validate(),
             DetectorSpec::Seasonal(p) => p.validate(),
             DetectorSpec::Cusum(p) => p.validate(),
+            DetectorSpec::Kmeans(p) => p.validate(),
             DetectorSpec::Ensemble(p) => p.validate(),
         }
     }
@@ -115,6 +121,7 @@ impl DetectorSpec {
             DetectorSpec::MedianMad(p) => Box::new(MedianMad::new(p)),
             DetectorSpec::Seasonal(p) => Box::new(Seasonal::new(p)),
             DetectorSpec::Cusum(p) => Box::new(Cusum::new(p)),
+            DetectorSpec::Kmeans(p) => Box::new(KMeansDetector::new(p)),
             DetectorSpec::Ensemble(p) => Box::new(Ensemble::new(p)),
         }
     }

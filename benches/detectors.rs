@@ -15,10 +15,10 @@
 //! Data are generated from a fixed seed (SplitMix64 of the sample index),
 //! so every run scores exactly the same samples.
 
-use std::alloc::{GlobalAlloc, Layout, System};
+mod common;
+
 use std::hint::black_box;
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use aiopsd::backtest;
@@ -27,6 +27,7 @@ use aiopsd::detect::{
     RobustEwmaParams, SeasonalParams,
 };
 use aiopsd::signal::Direction;
+use common::live_heap;
 use criterion::{Criterion, Throughput};
 
 /// Samples in the workload: two weeks at a 5-minute step (NAB's typical
@@ -123,39 +124,6 @@ fn per_detector(c: &mut Criterion, data: &[(i64, f64)]) {
     group.finish();
 }
 
-/// Heap bytes currently allocated by this process, counted by [`Counting`].
-static LIVE_HEAP: AtomicUsize = AtomicUsize::new(0);
-
-/// The system allocator plus a count of live bytes, so the state report
-/// *measures* what a series costs instead of trusting `state_bytes`.
-struct Counting;
-
-// SAFETY: every call is forwarded unchanged to `System`; the counter is
-// only bookkeeping.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE_HEAP.fetch_add(layout.size(), Ordering::Relaxed);
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE_HEAP.fetch_sub(layout.size(), Ordering::Relaxed);
-        // SAFETY: same contract as ours.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE_HEAP.fetch_add(new_size, Ordering::Relaxed);
-        LIVE_HEAP.fetch_sub(layout.size(), Ordering::Relaxed);
-        // SAFETY: same contract as ours.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static ALLOCATOR: Counting = Counting;
-
 /// Prints, per detector, its own state estimate and the heap measured for
 /// 1000 warm series (boxed, as the engine holds them), divided by 1000.
 fn report_state(data: &[(i64, f64)]) {
@@ -169,7 +137,7 @@ fn report_state(data: &[(i64, f64)]) {
         }
     }
     for (name, spec) in specs() {
-        let before = LIVE_HEAP.load(Ordering::Relaxed);
+        let before = live_heap();
         let mut dets: Vec<Box<dyn Detector>> = Vec::with_capacity(SERIES);
         let vec_bytes = SERIES * std::mem::size_of::<Box<dyn Detector>>();
         for _ in 0..SERIES {
@@ -182,11 +150,7 @@ fn report_state(data: &[(i64, f64)]) {
                 d.update_likelihood(t, x);
             }
         }
-        let measured = LIVE_HEAP
-            .load(Ordering::Relaxed)
-            .saturating_sub(before)
-            .saturating_sub(vec_bytes)
-            / SERIES;
+        let measured = live_heap().saturating_sub(before).saturating_sub(vec_bytes) / SERIES;
         let estimate = dets.first().map_or(0, |d| d.state_bytes());
         eprintln!(
             "state per series, {name:<16}: Detector::state_bytes = {estimate:>5} B; measured heap = {measured:>5} B"

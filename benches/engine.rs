@@ -13,9 +13,9 @@
 //! All data is generated from a fixed seed (a SplitMix64 hash of the series
 //! and step index), so every run scores exactly the same samples.
 
-use std::alloc::{GlobalAlloc, Layout, System};
+mod common;
+
 use std::hint::black_box;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,6 +24,7 @@ use aiopsd::detect::{
     Detector, DetectorSpec, Engine, RobustEwma, RobustEwmaParams, SignalDetection,
 };
 use aiopsd::signal::{Direction, Sample, SeriesBatch, SeriesKey, SeriesSamples};
+use common::live_heap;
 use criterion::{Criterion, SamplingMode, Throughput};
 
 /// The signal every generated series belongs to.
@@ -271,45 +272,6 @@ fn robust_ewma_update(c: &mut Criterion) {
         });
     });
     group.finish();
-}
-
-/// Heap bytes currently allocated by this process, counted by [`Counting`].
-static LIVE_HEAP: AtomicUsize = AtomicUsize::new(0);
-
-/// The system allocator plus a count of live bytes, so the report can
-/// *measure* the heap a series costs instead of trusting the engine's own
-/// estimate. Steady-state `observe` does not allocate (no anomalies in this
-/// data), so the counting does not touch the timed path.
-struct Counting;
-
-// SAFETY: every call is forwarded unchanged to `System`; the counter is
-// only bookkeeping.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE_HEAP.fetch_add(layout.size(), Ordering::Relaxed);
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE_HEAP.fetch_sub(layout.size(), Ordering::Relaxed);
-        // SAFETY: same contract as ours.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE_HEAP.fetch_add(new_size, Ordering::Relaxed);
-        LIVE_HEAP.fetch_sub(layout.size(), Ordering::Relaxed);
-        // SAFETY: same contract as ours.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static ALLOCATOR: Counting = Counting;
-
-fn live_heap() -> usize {
-    LIVE_HEAP.load(Ordering::Relaxed)
 }
 
 /// Prints the memory figures for a workload after the timing runs: the

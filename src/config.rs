@@ -204,6 +204,11 @@ pub struct Config {
     /// only tunes it.
     #[serde(default)]
     pub alertmanager: AlertmanagerConfig,
+    /// Alert noise reduction: silences (maintenance windows) and flapping
+    /// (src/incident/noise.rs). Default: no silences, flapping at 3
+    /// episodes within 1h.
+    #[serde(default)]
+    pub noise: crate::incident::noise::NoiseConfig,
 }
 
 fn default_cluster() -> String {
@@ -630,6 +635,7 @@ impl Config {
             mqtt: None,
             approvals: crate::publish::config::ApprovalsConfig::default(),
             alertmanager: AlertmanagerConfig::default(),
+            noise: crate::incident::noise::NoiseConfig::default(),
         }
     }
 
@@ -673,6 +679,7 @@ impl Config {
             );
         }
         validate_alertmanager(&self.alertmanager, &mut err);
+        self.noise.validate(&mut err);
         if self.store.path.as_os_str().is_empty() {
             err("store.path".into(), "must not be empty".into());
         }

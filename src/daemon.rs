@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::detect::{Engine, SignalDetection};
+use crate::incident::noise::{self, Silence};
 use crate::incident::{
     report, Alert, AlertBatch, AppliedAlert, Correlator, Incident, IncidentUpdate, Store,
     StoreError, UpdateKind,
@@ -69,6 +70,9 @@ struct Shared {
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     alert_tx: mpsc::Sender<AlertBatch>,
+    /// Silences from `noise.silences` (API silences are read from the
+    /// store per batch, so they apply as soon as they are created).
+    config_silences: Arc<[Silence]>,
 }
 
 impl Shared {
@@ -83,6 +87,7 @@ impl Shared {
             metrics: Arc::new(Metrics::new()),
             health,
             alert_tx,
+            config_silences: config.noise.silences().into(),
         };
         Ok((shared, alert_rx))
     }
@@ -96,6 +101,7 @@ impl Shared {
             cluster: config.cluster.clone(),
             alertmanager: config.alertmanager.clone(),
             alert_tx: Some(self.alert_tx.clone()),
+            config_silences: Arc::clone(&self.config_silences),
         }
     }
 }
@@ -512,7 +518,8 @@ async fn run_pipeline(
             "Resuming open incidents from the store."
         );
     }
-    let mut correlator = Correlator::new(config.incidents.clone(), config.cluster.clone());
+    let mut correlator = Correlator::new(config.incidents.clone(), config.cluster.clone())
+        .with_flapping(config.noise.flapping);
     correlator.restore(open);
 
     let engine = Engine::new(
@@ -660,8 +667,12 @@ async fn apply_alerts(
     shared: &Shared,
     cancel: &CancellationToken,
 ) -> anyhow::Result<()> {
+    let api_silences = with_store_retry(shared, cancel, |store| store.silences(now_ms())).await?;
     for alert in alerts {
         let applied = [(alert.id, alert.status)];
+        if suppress(correlator, alert, &api_silences, shared, cancel).await? {
+            continue;
+        }
         let updates = correlator.on_alert(alert);
         let fallback_at = alert.ends_at.unwrap_or(alert.starts_at);
         let last = updates.len().saturating_sub(1);
@@ -677,6 +688,53 @@ async fn apply_alerts(
         }
     }
     Ok(())
+}
+
+/// Decides whether `alert` is suppressed instead of reaching the
+/// correlator, and if so records why (with the processed flag, in one
+/// transaction) before logging and counting it. Returns true when it is.
+///
+/// An episode already in an open incident is never suppressed (its
+/// `resolved` must reach the incident, even if a silence began meanwhile);
+/// an episode suppressed once stays suppressed (its `resolved` is only
+/// marked processed). Otherwise the first silence — config silences
+/// first — active at the alert's first receipt and matching its labels
+/// suppresses it.
+async fn suppress(
+    correlator: &Correlator,
+    alert: &Alert,
+    api_silences: &[Silence],
+    shared: &Shared,
+    cancel: &CancellationToken,
+) -> anyhow::Result<bool> {
+    if correlator.knows_alert(alert) {
+        return Ok(false);
+    }
+    let applied = [(alert.id, alert.status)];
+    let id = alert.id;
+    if with_store_retry(shared, cancel, move |store| store.suppression_of(id))
+        .await?
+        .is_some()
+    {
+        with_store_retry(shared, cancel, move |store| {
+            store.mark_alerts_processed(&applied)
+        })
+        .await?;
+        return Ok(true);
+    }
+    let silences = shared.config_silences.iter().chain(api_silences);
+    let Some(silence) = noise::first_match(silences, &alert.labels, alert.received_at) else {
+        return Ok(false);
+    };
+    let (stored, by) = (alert.clone(), silence.clone());
+    with_store_retry(shared, cancel, move |store| {
+        store.suppress_alert(&stored, &by, now_ms())
+    })
+    .await?;
+    shared
+        .metrics
+        .alert_suppressed("silence", alert.name(), &silence.describe());
+    Ok(true)
 }
 
 /// Applies alerts the store holds as not yet applied, oldest first.
@@ -778,5 +836,130 @@ async fn with_store_retry<T: Send + 'static>(
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::incident::noise::Matcher;
+    use crate::incident::{AlertStatus, NewAlert, NewSilence};
+
+    fn new_alert(fp: &str, name: &str, ns: &str, status: AlertStatus) -> NewAlert {
+        NewAlert {
+            fingerprint: fp.into(),
+            status,
+            labels: BTreeMap::from([
+                ("alertname".to_string(), name.to_string()),
+                ("namespace".to_string(), ns.to_string()),
+                ("service".to_string(), "svc".to_string()),
+            ]),
+            annotations: BTreeMap::new(),
+            starts_at: 1_000,
+            ends_at: (status == AlertStatus::Resolved).then_some(2_000),
+            generator_url: String::new(),
+        }
+    }
+
+    /// Issue 8: a silenced alert is stored with its reason (which silence,
+    /// by whom) and opens no incident; its resolved notification stays
+    /// suppressed; an alert already in an incident is never suppressed.
+    #[tokio::test]
+    async fn a_silenced_alert_is_recorded_with_its_reason_and_opens_no_incident() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = Config::demo(
+            dir.path().join("aiopsd.db"),
+            "127.0.0.1:0".parse().expect("addr"),
+        );
+        config.noise = serde_saphyr::from_str(
+            "silences:\n  - matchers: ['namespace=batch']\n    created_by: ops\n    comment: nightly jobs\n",
+        )
+        .expect("noise");
+        let (shared, _rx) = Shared::open(&config).expect("shared");
+        let cancel = CancellationToken::new();
+        let store = &shared.store;
+        let now = now_ms();
+        store
+            .create_silence(
+                &NewSilence {
+                    matchers: vec![Matcher::parse("alertname=~Disk.*").expect("m")],
+                    starts_at: None,
+                    ends_at: Some(now + 3_600_000),
+                    created_by: "alice".into(),
+                    comment: "disk swap".into(),
+                },
+                now,
+            )
+            .expect("silence");
+        store
+            .record_alerts(
+                "aiopsd",
+                "{}",
+                &[
+                    new_alert("a1", "JobSlow", "batch", AlertStatus::Firing),
+                    new_alert("a2", "DiskFull", "shop", AlertStatus::Firing),
+                    new_alert("a3", "HighErrorRate", "shop", AlertStatus::Firing),
+                ],
+                now_ms(),
+            )
+            .expect("record");
+        let mut correlator = Correlator::new(config.incidents.clone(), "test");
+        apply_stored_alerts(&mut correlator, &shared, &cancel)
+            .await
+            .expect("apply");
+
+        let open = store.open_incidents().expect("open");
+        assert_eq!(open.len(), 1);
+        assert_eq!(open[0].alerts.len(), 1);
+        assert_eq!(open[0].alerts[0].name, "HighErrorRate");
+        let mut refs: Vec<String> = store
+            .list_suppressions(0, None)
+            .expect("suppressions")
+            .into_iter()
+            .map(|s| s.reference)
+            .collect();
+        refs.sort();
+        assert_eq!(refs, ["api-1", "config-0"]);
+        assert!(store.unprocessed_alerts(10).expect("pending").is_empty());
+        assert!(shared
+            .metrics
+            .encode()
+            .contains("aiopsd_alerts_suppressed_total{reason=\"silence\"} 2"));
+
+        // A silence on the already-applied alert does not hide its end, and
+        // the suppressed alert's end stays suppressed.
+        store
+            .create_silence(
+                &NewSilence {
+                    matchers: vec![Matcher::parse("alertname=HighErrorRate").expect("m")],
+                    starts_at: None,
+                    ends_at: Some(now + 3_600_000),
+                    created_by: "bob".into(),
+                    comment: "late".into(),
+                },
+                now,
+            )
+            .expect("silence");
+        store
+            .record_alerts(
+                "aiopsd",
+                "{}",
+                &[
+                    new_alert("a1", "JobSlow", "batch", AlertStatus::Resolved),
+                    new_alert("a3", "HighErrorRate", "shop", AlertStatus::Resolved),
+                ],
+                now_ms(),
+            )
+            .expect("record");
+        apply_stored_alerts(&mut correlator, &shared, &cancel)
+            .await
+            .expect("apply");
+        let open = store.open_incidents().expect("open");
+        assert_eq!(open.len(), 1);
+        assert_eq!(open[0].alerts[0].status, AlertStatus::Resolved);
+        assert_eq!(store.list_suppressions(0, None).expect("list").len(), 2);
+        assert!(store.unprocessed_alerts(10).expect("pending").is_empty());
     }
 }

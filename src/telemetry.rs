@@ -58,6 +58,13 @@ pub struct AlertStatusLabel {
     pub status: String,
 }
 
+/// Label set naming why an alert was suppressed (`silence`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// The kind of reason.
+    pub reason: String,
+}
+
 /// Every metric aiopsd exports about itself.
 pub struct Metrics {
     registry: Registry,
@@ -78,6 +85,7 @@ pub struct Metrics {
     leader: Gauge,
     alerts_received: Family<AlertStatusLabel, Counter>,
     alerts_deduplicated: Counter,
+    alerts_suppressed: Family<ReasonLabel, Counter>,
 }
 
 impl Metrics {
@@ -102,6 +110,12 @@ impl Metrics {
         let leader = Gauge::default();
         let alerts_received = Family::<AlertStatusLabel, Counter>::default();
         let alerts_deduplicated = Counter::default();
+        let alerts_suppressed = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "alerts_suppressed",
+            "Alert episodes that opened or joined no incident, by reason (listed by GET /api/v1/suppressions)",
+            alerts_suppressed.clone(),
+        );
         registry.register(
             "alerts_received",
             "Alerts received from Alertmanager and stored, by the status sent (retries included)",
@@ -191,6 +205,7 @@ impl Metrics {
             leader,
             alerts_received,
             alerts_deduplicated,
+            alerts_suppressed,
         }
     }
 
@@ -317,6 +332,22 @@ impl Metrics {
             resolved,
             duplicates,
             "Stored alerts from Alertmanager."
+        );
+    }
+
+    /// An alert episode was suppressed (stored with its suppression record
+    /// first): logs it with its reason and counts it.
+    pub fn alert_suppressed(&self, reason: &str, alertname: &str, detail: &str) {
+        self.alerts_suppressed
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_string(),
+            })
+            .inc();
+        tracing::info!(
+            reason,
+            alertname,
+            detail,
+            "Suppressed an alert: it opens or joins no incident."
         );
     }
 

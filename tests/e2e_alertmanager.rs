@@ -125,6 +125,13 @@ groups:
           severity: critical
         annotations:
           summary: cart answers with errors
+      # Always firing; silenced in aiopsd's config (noise.silences).
+      - alert: BatchSlow
+        expr: vector(1)
+        for: 0s
+        labels:
+          namespace: batch
+          service: jobs
 "#,
     )
     .expect("write rules");
@@ -175,6 +182,11 @@ prometheus:
   timeout: 2s
 incidents:
   resolve_after: 2s
+noise:
+  silences:
+    - matchers: ['namespace=batch', 'alertname=~Batch.*']
+      created_by: e2e
+      comment: batch jobs are slow by design
 signals:
   - name: errors
     query: 'sum by (namespace, service) (aiopsd_e2e_errors{{$selector}})'
@@ -262,7 +274,35 @@ signals:
     assert!(firing.is_some_and(|n| n >= 1.0), "{metrics}");
     assert!(resolved.is_some_and(|n| n >= 1.0), "{metrics}");
     assert!(!daemon.log().contains(TOKEN), "the token was logged");
-    // Nothing else opened an incident (one alert, one group).
+    // The silenced alert was delivered too: stored as suppressed, with the
+    // silence as its reason, and it opened no incident.
+    let suppression = wait_for(
+        "the silenced alert listed as suppressed",
+        Duration::from_secs(60),
+        logs,
+        async || {
+            let list = api(&daemon, "/api/v1/alerts?suppressed=true").await?;
+            let first = list["items"].as_array()?.first()?.clone();
+            Some(first)
+        },
+    )
+    .await;
+    assert_eq!(suppression["alertname"], "BatchSlow", "{suppression}");
+    assert_eq!(
+        suppression["suppression"]["reference"], "config-0",
+        "{suppression}"
+    );
+    let (_, metrics) = daemon.get("/metrics").await.expect("metrics");
+    assert!(
+        support::metric_value(
+            &metrics,
+            r#"aiopsd_alerts_suppressed_total{reason="silence"}"#
+        )
+        .is_some_and(|n| n >= 1.0),
+        "{metrics}"
+    );
+    // Nothing else opened an incident (one alert, one group; the silenced
+    // one opened none).
     let all = api(&daemon, "/api/v1/incidents").await.expect("list");
     assert_eq!(all["items"].as_array().map(Vec::len), Some(1), "{all}");
 }

@@ -13,6 +13,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::alert::{Alert, AlertStatus};
+use super::noise::FlappingConfig;
 use super::{
     AlertEvidence, Incident, IncidentId, IncidentState, Peak, Severity, SignalEvidence,
     TimelineEntry,
@@ -51,7 +52,17 @@ pub struct Correlator {
     /// Incidents closed because a new episode of their group began; handed
     /// out with the next batch's updates.
     closed: Vec<IncidentUpdate>,
+    /// When a re-firing alert counts as flapping.
+    flapping: FlappingConfig,
+    /// Per alert fingerprint: episodes in a row so far and the latest
+    /// episode's start (bounded by [`MAX_FLAP_TRACKED`]).
+    episodes: HashMap<String, (u32, TimestampMs)>,
 }
+
+/// Most fingerprints whose episode chain is remembered; beyond it, chains
+/// already broken (last start older than the flapping window) are
+/// forgotten first. Bounds memory under an alert storm.
+const MAX_FLAP_TRACKED: usize = 100_000;
 
 impl Correlator {
     /// A correlator with no open incidents.
@@ -62,7 +73,66 @@ impl Correlator {
             open: HashMap::new(),
             watermarks: HashMap::new(),
             closed: Vec::new(),
+            flapping: FlappingConfig::default(),
+            episodes: HashMap::new(),
         }
+    }
+
+    /// Uses `flapping` (from `noise.flapping`) instead of the defaults.
+    pub fn with_flapping(mut self, flapping: FlappingConfig) -> Self {
+        self.flapping = flapping;
+        self
+    }
+
+    /// True when this alert episode is already a member of an open
+    /// incident: its later states (resolved) must reach that incident even
+    /// if a silence started meanwhile.
+    pub fn knows_alert(&self, alert: &Alert) -> bool {
+        self.open.values().any(|inc| {
+            inc.alerts
+                .iter()
+                .any(|e| e.fingerprint == alert.fingerprint && e.starts_at == alert.starts_at)
+        })
+    }
+
+    /// Counts a new firing episode of `fingerprint` starting at `starts_at`
+    /// and returns how many episodes in a row it makes (each starting
+    /// within the flapping window of the previous one). Idempotent: the
+    /// same start again, or an older one (a replay), does not count.
+    fn count_episode(&mut self, fingerprint: &str, starts_at: TimestampMs) -> u32 {
+        let window = self.flapping.window.as_millis_i64();
+        if self.episodes.len() >= MAX_FLAP_TRACKED && !self.episodes.contains_key(fingerprint) {
+            self.episodes
+                .retain(|_, (_, last)| starts_at.saturating_sub(*last) <= window);
+        }
+        let entry = self
+            .episodes
+            .entry(fingerprint.to_string())
+            .or_insert((0, starts_at));
+        if entry.0 > 0 && starts_at <= entry.1 {
+            return entry.0;
+        }
+        entry.0 = if entry.0 > 0 && starts_at.saturating_sub(entry.1) <= window {
+            entry.0.saturating_add(1)
+        } else {
+            1
+        };
+        entry.1 = starts_at;
+        entry.0
+    }
+
+    /// Until when a flapping member alert holds `incident` open: the
+    /// flapping window after its latest end, so the next episode joins
+    /// this incident instead of opening another. `None` without one.
+    fn flap_hold_until(&self, incident: &Incident) -> Option<TimestampMs> {
+        let window = self.flapping.window.as_millis_i64();
+        incident
+            .alerts
+            .iter()
+            .filter(|a| a.flap_count >= self.flapping.min_episodes)
+            .filter_map(|a| a.ends_at)
+            .map(|e| e.saturating_add(window))
+            .max()
     }
 
     /// Takes over incidents that were open when the daemon last stopped, so
@@ -70,6 +140,17 @@ impl Correlator {
     pub fn restore(&mut self, open: impl IntoIterator<Item = Incident>) {
         for incident in open {
             if incident.state == IncidentState::Open {
+                // Flap chains continue across a restart: the members carry
+                // their counts.
+                for a in &incident.alerts {
+                    let e = self
+                        .episodes
+                        .entry(a.fingerprint.clone())
+                        .or_insert((a.flap_count, a.starts_at));
+                    if a.starts_at >= e.1 {
+                        *e = (a.flap_count, a.starts_at);
+                    }
+                }
                 self.open.insert(incident.group_key(), incident);
             }
         }
@@ -167,9 +248,18 @@ impl Correlator {
 
         // Like an anomaly: an open incident that went quiet longer than the
         // grouping window before this alert started is a past episode.
+        // A flapping alert's next episode is not a new episode of trouble:
+        // an incident it holds open is never stale for it.
+        // An episode seen only as resolved (it fired while aiopsd was away)
+        // still counts: it did fire.
+        let flap_count = self.count_episode(&alert.fingerprint, alert.starts_at);
         let window = self.config.group_window.as_millis_i64();
         let stale = self.open.get(&key).is_some_and(|inc| {
-            !inc.has_firing_alerts() && alert.starts_at.saturating_sub(quiet_since(inc)) > window
+            !inc.has_firing_alerts()
+                && alert.starts_at.saturating_sub(quiet_since(inc)) > window
+                && self
+                    .flap_hold_until(inc)
+                    .is_none_or(|until| alert.starts_at > until)
         });
         if stale {
             if let Some(mut old) = self.open.remove(&key) {
@@ -201,7 +291,10 @@ impl Correlator {
             labels: alert.labels.clone(),
             annotations: alert.annotations.clone(),
             generator_url: alert.generator_url.clone(),
+            flap_count,
         };
+        let flapping = flap_count >= self.flapping.min_episodes;
+        let flap_window = self.flapping.window;
         let what = describe_alert(alert);
         let is_new = !self.open.contains_key(&key);
         let cluster = &self.cluster;
@@ -223,7 +316,18 @@ impl Correlator {
                 message: format!("Opened: {what}"),
             }],
         });
-        if !is_new {
+        if flapping {
+            incident.timeline.push(TimelineEntry {
+                at: alert.starts_at,
+                kind: "flapping".into(),
+                message: format!(
+                    "Alert {} is flapping: firing episode {flap_count} in a row, each within \
+                     {flap_window} of the previous one. Its episodes are grouped in this \
+                     incident, which stays open {flap_window} after the alert last resolves.",
+                    alert.name()
+                ),
+            });
+        } else if !is_new {
             incident.timeline.push(TimelineEntry {
                 at: alert.starts_at,
                 kind: "alert_added".into(),
@@ -293,6 +397,12 @@ impl Correlator {
                     return None;
                 }
                 let seen_until = self.members_watermark(incident)?;
+                if self
+                    .flap_hold_until(incident)
+                    .is_some_and(|until| seen_until < until)
+                {
+                    return None;
+                }
                 (seen_until.saturating_sub(quiet_since(incident)) >= resolve_after)
                     .then(|| key.clone())
             })
@@ -837,5 +947,76 @@ mod tests {
             "alertname=HighErrorRate,fingerprint=f5"
         );
         assert_eq!(c.open_incidents().count(), 3);
+    }
+
+    /// Fires at `start` and resolves 5 min later; returns the updates of
+    /// both notifications.
+    fn episode(c: &mut Correlator, start: i64) -> Vec<IncidentUpdate> {
+        let mut u = c.on_alert(&alert("ff", "web", AlertStatus::Firing, start));
+        u.extend(c.on_alert(&alert("ff", "web", AlertStatus::Resolved, start)));
+        u
+    }
+
+    #[test]
+    fn a_fast_flapping_alert_is_one_incident_with_a_flap_count() {
+        let mut c = Correlator::new(config(), "test");
+        let mut opened = 0;
+        // Five episodes 8 min apart (each 5 min long), the signals' clock
+        // following along: without flap handling the quiet gaps would
+        // resolve the incident (resolve_after 10 min) between later ones.
+        for i in 0..5 {
+            let start = i * 8 * MIN;
+            let u = episode(&mut c, start);
+            opened += u.iter().filter(|u| u.kind == UpdateKind::Opened).count();
+            assert!(c.advance("errors", start + 7 * MIN).is_empty());
+        }
+        assert_eq!(opened, 1);
+        let inc = c.open_incidents().next().expect("one open incident");
+        assert_eq!(inc.flap_count(), 5);
+        assert_eq!(inc.alerts.len(), 5);
+        assert!(inc
+            .timeline
+            .iter()
+            .any(|e| e.kind == "flapping" && e.message.contains("episode 3 in a row")));
+        // Held open for the flapping window (1 h) after the last end
+        // (32 + 5 = 37 min), not just resolve_after.
+        assert!(c.advance("errors", 60 * MIN).is_empty());
+        let u = c.advance("errors", 97 * MIN);
+        assert_eq!(u.len(), 1);
+        assert_eq!(u[0].kind, UpdateKind::Resolved);
+    }
+
+    #[test]
+    fn flap_counting_is_idempotent_and_a_break_in_the_chain_starts_over() {
+        let mut c = Correlator::new(config(), "test").with_flapping(FlappingConfig {
+            min_episodes: 2,
+            window: HumanDuration(Duration::from_secs(30 * 60)),
+        });
+        assert_eq!(c.count_episode("x", 0), 1);
+        assert_eq!(c.count_episode("x", 0), 1, "same episode again");
+        assert_eq!(c.count_episode("x", 20 * MIN), 2);
+        assert_eq!(c.count_episode("x", 10 * MIN), 2, "an older replay");
+        assert_eq!(c.count_episode("x", 40 * MIN), 3);
+        // 31 min after the previous start: the chain is broken.
+        assert_eq!(c.count_episode("x", 71 * MIN), 1);
+        assert_eq!(c.count_episode("y", 71 * MIN), 1);
+
+        // A slow flapper (gaps longer than resolve_after): once flapping,
+        // later episodes join its incident instead of opening new ones.
+        let mut c = Correlator::new(config(), "test").with_flapping(FlappingConfig {
+            min_episodes: 2,
+            window: HumanDuration(Duration::from_secs(60 * 60)),
+        });
+        let mut opened = 0;
+        for i in 0..4 {
+            let start = i * 30 * MIN;
+            let u = episode(&mut c, start);
+            opened += u.iter().filter(|u| u.kind == UpdateKind::Opened).count();
+            c.advance("errors", start + 25 * MIN);
+        }
+        // The first episode resolved on its own before the second began;
+        // from the second (flapping) on, one incident.
+        assert_eq!(opened, 2);
+        assert_eq!(c.open_incidents().next().map(Incident::flap_count), Some(4));
     }
 }

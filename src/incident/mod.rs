@@ -8,12 +8,13 @@
 
 pub mod alert;
 mod correlate;
+pub mod noise;
 pub mod report;
 mod store;
 
 pub use alert::{Alert, AlertBatch, AlertId, AlertReceipt, AlertStatus, AppliedAlert, NewAlert};
 pub use correlate::{Correlator, IncidentUpdate, UpdateKind};
-pub use store::{IncidentFilter, IncidentPage, Store, StoreError};
+pub use store::{AlertFilter, IncidentFilter, IncidentPage, NewSilence, Store, StoreError};
 
 use std::collections::BTreeMap;
 
@@ -123,6 +124,13 @@ pub struct AlertEvidence {
     pub annotations: BTreeMap<String, String>,
     /// Link to the rule in the sender.
     pub generator_url: String,
+    /// Firing episodes of this fingerprint in a row, this one included,
+    /// each starting within `noise.flapping.window` of the previous one:
+    /// 1 for a first firing; at `noise.flapping.min_episodes` or more the
+    /// alert is flapping (see [`Incident::flap_count`]). `serde(default)`:
+    /// incidents stored before flap counting load as 0.
+    #[serde(default)]
+    pub flap_count: u32,
 }
 
 /// One line of an incident's history.
@@ -194,6 +202,12 @@ impl Incident {
     /// resolved, however quiet its signals are.
     pub fn has_firing_alerts(&self) -> bool {
         self.alerts.iter().any(|a| a.status == AlertStatus::Firing)
+    }
+
+    /// The highest flap count of a member alert (0 without alerts): how
+    /// many times in a row the most flapping alert fired.
+    pub fn flap_count(&self) -> u32 {
+        self.alerts.iter().map(|a| a.flap_count).max().unwrap_or(0)
     }
 
     /// Evidence with the largest |peak score|: the headline signal.

@@ -224,6 +224,24 @@ fn write_alerts(out: &mut String, incident: &Incident) -> std::fmt::Result {
         )?;
     }
     writeln!(out)?;
+    // Flapping: one line per re-firing alert with its count, so the reader
+    // sees at once why one incident holds several episodes of one alert.
+    let mut flaps: Vec<(&str, &str, u32)> = Vec::new();
+    for a in incident.alerts.iter().filter(|a| a.flap_count >= 2) {
+        match flaps.iter_mut().find(|(f, _, _)| *f == a.fingerprint) {
+            Some(entry) => entry.2 = entry.2.max(a.flap_count),
+            None => flaps.push((&a.fingerprint, &a.name, a.flap_count)),
+        }
+    }
+    for (_, name, count) in &flaps {
+        writeln!(
+            out,
+            "**Flapping:** {} fired {count} times in a row; its episodes are grouped here \
+             (flap count {count}).",
+            code(name)
+        )?;
+        writeln!(out)?;
+    }
     for a in &incident.alerts {
         let labels: Vec<String> = a.labels.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
         writeln!(out, "- {}: {}", code(&a.name), code(&labels.join(", ")))?;
@@ -840,6 +858,7 @@ mod tests {
             ]
             .into(),
             generator_url: "http://prometheus:9090/graph?g0.expr=x".into(),
+            flap_count: 1,
         });
         let report = render_markdown(&inc, inc.opened_at + 60_000);
         assert!(
@@ -851,5 +870,15 @@ mod tests {
         assert!(report.contains("5xx \\| above 5% now"), "{report}");
         assert!(report.contains("Check the payment backend."), "{report}");
         assert!(report.contains(r#"`service="checkout"`"#), "{report}");
+        assert!(!report.contains("Flapping"), "{report}");
+        // A second episode of the same alert, third in a row: flagged.
+        let mut again = inc.alerts[0].clone();
+        again.flap_count = 3;
+        inc.alerts.push(again);
+        let report = render_markdown(&inc, inc.opened_at + 60_000);
+        assert!(
+            report.contains("**Flapping:** `HighErrorRate` fired 3 times in a row"),
+            "{report}"
+        );
     }
 }

@@ -39,6 +39,11 @@ mod outbox;
 #[path = "store_alerts.rs"]
 mod alerts;
 
+// Silences and suppressions (migration 4).
+#[path = "store_noise.rs"]
+mod noise;
+pub use noise::{AlertFilter, NewSilence};
+
 /// Schema migrations, applied in order; migration `i` brings the schema to
 /// `user_version = i + 1`.
 ///
@@ -175,6 +180,33 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE UNIQUE INDEX alerts_identity ON alerts (fingerprint, starts_at);
     CREATE INDEX alerts_unprocessed ON alerts (id) WHERE processed = 0;
+    "#,
+    // 4: silences and alert suppressions (src/incident/store_noise.rs).
+    r#"
+    -- Silences created through the API (config silences live in the
+    -- config). Deleting one sets deleted_at: suppressions keep pointing at
+    -- a row that says who silenced and why.
+    CREATE TABLE silences (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        matchers    TEXT    NOT NULL,
+        starts_at   INTEGER,
+        ends_at     INTEGER,
+        created_by  TEXT    NOT NULL,
+        comment     TEXT    NOT NULL,
+        created_at  INTEGER NOT NULL,
+        deleted_at  INTEGER
+    );
+    -- One row per suppressed alert episode: why it opened or joined no
+    -- incident (reason `silence`, reference `config-0` / `api-3`).
+    CREATE TABLE suppressions (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        alert_id    INTEGER NOT NULL UNIQUE REFERENCES alerts (id),
+        reason      TEXT    NOT NULL,
+        reference   TEXT    NOT NULL,
+        created_by  TEXT    NOT NULL,
+        detail      TEXT    NOT NULL,
+        at          INTEGER NOT NULL
+    );
     "#,
 ];
 

@@ -17,7 +17,8 @@ use crate::publish::outbox::SavedIncident;
 use crate::signal::TimestampMs;
 
 /// Columns of `alerts` in the order [`read_alert`] expects.
-const ALERT_COLUMNS: &str = "id, fingerprint, status, labels, annotations, starts_at, ends_at, \
+pub(super) const ALERT_COLUMNS: &str =
+    "id, fingerprint, status, labels, annotations, starts_at, ends_at, \
                              generator_url, receiver, received_at";
 
 impl Store {
@@ -260,7 +261,7 @@ fn load_alert(tx: &Transaction<'_>, id: AlertId) -> Result<Option<Alert>, StoreE
 
 /// A row before its JSON columns are decoded (decoding errors are ours,
 /// not SQLite's).
-struct RawAlert {
+pub(super) struct RawAlert {
     id: AlertId,
     fingerprint: String,
     status: AlertStatus,
@@ -274,7 +275,7 @@ struct RawAlert {
 }
 
 impl RawAlert {
-    fn decode(self) -> Result<Alert, StoreError> {
+    pub(super) fn decode(self) -> Result<Alert, StoreError> {
         let decode = |text: &str| {
             serde_json::from_str(text).map_err(|source| StoreError::AlertData {
                 fingerprint: self.fingerprint.clone(),
@@ -298,7 +299,7 @@ impl RawAlert {
     }
 }
 
-fn read_alert(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawAlert> {
+pub(super) fn read_alert(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawAlert> {
     let status: String = row.get(2)?;
     let status = AlertStatus::parse(&status).ok_or_else(|| {
         rusqlite::Error::FromSqlConversionFailure(

@@ -219,6 +219,7 @@ mod tests {
             cluster: "test".into(),
             alertmanager: crate::config::AlertmanagerConfig::default(),
             alert_tx: None,
+            config_silences: Default::default(),
         };
         (state, ids)
     }

@@ -340,6 +340,7 @@ mod tests {
                 max_body_bytes: 4096,
             },
             alert_tx: Some(tx),
+            config_silences: Default::default(),
         };
         (state, rx)
     }

@@ -14,6 +14,9 @@
 //! | `POST /api/v1/actions/{id}/approve` | token | approve: body `{"by", "reason"}`; 404 unknown, 409 decided/expired |
 //! | `POST /api/v1/actions/{id}/deny` | token | deny: same body and answers |
 //! | `POST /api/v1/alerts/alertmanager` | token or basic | Alertmanager webhook (payload v4); 200 once stored |
+//! | `GET /api/v1/alerts?status=&suppressed=&limit=&before_id=` | token | stored alerts, each with its suppression |
+//! | `GET /api/v1/suppressions` | token | every suppression with its reason |
+//! | `GET`, `POST /api/v1/silences`; `DELETE /api/v1/silences/{id}` | token | silences (see [`noise`]) |
 //! | `GET /metrics` | none | aiopsd's own metrics (OpenMetrics) |
 //! | `GET /healthz` | none | `ok` while the process serves HTTP |
 //! | `GET /readyz` | none | 200, or 503 with every reason it is not ready |
@@ -25,6 +28,7 @@ mod alerts;
 mod api;
 mod auth;
 mod error;
+mod noise;
 mod probes;
 
 pub use error::ApiError;
@@ -36,7 +40,7 @@ use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::{StatusCode, Uri};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{middleware, Router};
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
@@ -65,6 +69,9 @@ pub struct AppState {
     /// Where the webhook hands stored alerts to the incident stage; `None`
     /// when nothing listens (tests): alerts then wait in the store.
     pub alert_tx: Option<tokio::sync::mpsc::Sender<AlertBatch>>,
+    /// Silences from `noise.silences`, listed with the API ones by
+    /// `GET /api/v1/silences` (the incident stage applies both).
+    pub config_silences: Arc<[crate::incident::noise::Silence]>,
 }
 
 /// Builds the application: every route, the token check on `/api/*`, and
@@ -84,6 +91,16 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
             get(api::get_report),
         )
         .route(actions::ACTIONS_PATH, get(actions::list_actions))
+        .route(
+            noise::SILENCES_PATH,
+            get(noise::list_silences).post(noise::create_silence),
+        )
+        .route(
+            &format!("{}/{{id}}", noise::SILENCES_PATH),
+            delete(noise::delete_silence),
+        )
+        .route(noise::ALERTS_PATH, get(noise::list_alerts))
+        .route(noise::SUPPRESSIONS_PATH, get(noise::list_suppressions))
         .route(
             &format!("{}/{{id}}", actions::ACTIONS_PATH),
             get(actions::get_action),
@@ -282,6 +299,7 @@ mod tests {
                 cluster: "test".into(),
                 alertmanager: AlertmanagerConfig::default(),
                 alert_tx: None,
+                config_silences: Default::default(),
             },
             ids,
         }

@@ -131,6 +131,7 @@ mod tests {
             cluster: "test".into(),
             alertmanager: crate::config::AlertmanagerConfig::default(),
             alert_tx: None,
+            config_silences: Default::default(),
         };
         let response = router(state, Duration::from_secs(5))
             .oneshot(

@@ -19,6 +19,7 @@ Examples:
   aiopsd demo --once                   # same, exit when the scenario is done (for scripts)
   aiopsd config check config/aiopsd.yaml
   aiopsd backtest --data nab/data --labels nab/labels.json --preset latency
+  aiopsd logs templates app.log --assign app.ids
   AIOPSD_SERVER__API_TOKEN=... aiopsd run --config /etc/aiopsd/aiopsd.yaml
 
 Environment:
@@ -83,6 +84,24 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Work with plain log files (one message per line).
+    Logs {
+        #[command(subcommand)]
+        command: LogsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum LogsCommand {
+    /// Mine the templates of a log file; prints `count<TAB>id<TAB>template`,
+    /// most frequent first.
+    Templates {
+        /// The log file, one message per line (invalid UTF-8 is decoded lossily).
+        file: PathBuf,
+        /// Also write each line's template id to this file, one per input line.
+        #[arg(long)]
+        assign: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -106,6 +125,9 @@ pub fn run() -> anyhow::Result<ExitCode> {
         Command::Config {
             command: ConfigCommand::Check { file },
         } => Ok(config_check(&file)),
+        Command::Logs {
+            command: LogsCommand::Templates { file, assign },
+        } => crate::logs::templates_command(&file, assign.as_deref()),
         Command::Backtest {
             data,
             labels,

@@ -10,6 +10,7 @@
 //! With two replicas, [`leader`] decides which one runs the pipeline.
 //! [`publish`] sends incident and action events over MQTT from a durable
 //! outbox and takes approvals of pending actions.
+//! [`logs`] mines log lines into templates (docs/LOGS.md).
 
 #![warn(missing_docs, unreachable_pub)]
 
@@ -20,6 +21,7 @@ pub mod daemon;
 pub mod detect;
 pub mod incident;
 pub mod leader;
+pub mod logs;
 pub mod publish;
 pub mod server;
 pub mod signal;

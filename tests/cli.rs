@@ -128,3 +128,53 @@ fn help_has_examples_and_version_is_the_crate_version() {
         format!("aiopsd {}", env!("CARGO_PKG_VERSION"))
     );
 }
+
+#[test]
+fn logs_templates_prints_counts_and_assigns_one_id_per_line() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = dir.path().join("app.log");
+    let ids = dir.path().join("app.ids");
+    std::fs::write(
+        &log,
+        b"Accepted password for root from 10.0.0.1 port 22\n\
+          Connection closed by 10.0.0.1\n\
+          Accepted password for bob from 10.0.0.2 port 4022\r\n\
+          \xff broken \xfe\n",
+    )
+    .expect("write log");
+    let out = aiopsd(&[
+        "logs",
+        "templates",
+        log.to_str().expect("utf-8 path"),
+        "--assign",
+        ids.to_str().expect("utf-8 path"),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let first = stdout.lines().next().unwrap_or_default();
+    assert_eq!(
+        first, "2\tT1\tAccepted password for <*> from <*> port <*>",
+        "{stdout}"
+    );
+    let assigned = std::fs::read_to_string(&ids).expect("ids written");
+    assert_eq!(
+        assigned.lines().collect::<Vec<_>>(),
+        ["T1", "T2", "T1", "T3"]
+    );
+    assert!(
+        text(&out.stderr).contains("1 lines not UTF-8"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn logs_templates_of_a_missing_file_names_it() {
+    let out = aiopsd(&["logs", "templates", "/nonexistent/app.log"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("/nonexistent/app.log"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -83,6 +83,8 @@ fn incident(i: usize) -> Incident {
             anomalous_at: vec![1_767_225_600_000],
         }],
         alerts: Vec::new(),
+        diagnosis: None,
+        decisions: Vec::new(),
         timeline: vec![TimelineEntry {
             at: 1_767_225_600_000,
             kind: "opened".into(),

@@ -19,14 +19,19 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod detect;
+pub mod diagnose;
+pub mod forecast;
 pub mod incident;
 pub mod leader;
 pub mod logs;
+pub mod policy;
 pub mod publish;
+pub mod remediate;
 pub mod server;
 pub mod signal;
 pub mod sources;
 pub mod telemetry;
+pub mod ui;
 
 /// Installs the process-wide rustls crypto provider.
 ///

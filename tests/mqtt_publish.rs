@@ -98,6 +98,8 @@ fn incident(service: &str) -> Incident {
             anomalous_at: vec![T0],
         }],
         alerts: Vec::new(),
+        diagnosis: None,
+        decisions: Vec::new(),
         timeline: vec![TimelineEntry {
             at: T0,
             kind: "opened".into(),

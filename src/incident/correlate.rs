@@ -310,6 +310,8 @@ impl Correlator {
             anomaly_count: 0,
             signals: Vec::new(),
             alerts: Vec::new(),
+            diagnosis: None,
+            decisions: Vec::new(),
             timeline: vec![TimelineEntry {
                 at: alert.starts_at,
                 kind: "opened".into(),
@@ -539,6 +541,8 @@ impl Correlator {
             anomaly_count: 0,
             signals: Vec::new(),
             alerts: Vec::new(),
+            diagnosis: None,
+            decisions: Vec::new(),
             timeline: vec![TimelineEntry {
                 at: anomaly.t,
                 kind: "opened".into(),

@@ -173,6 +173,12 @@ pub struct Incident {
     /// none and must still load.
     #[serde(default)]
     pub alerts: Vec<AlertEvidence>,
+    /// Ranked root-cause hypotheses (issue 5); `None` until diagnosed.
+    #[serde(default)]
+    pub diagnosis: Option<crate::diagnose::Diagnosis>,
+    /// The policy gate's decisions about this incident, oldest first.
+    #[serde(default)]
+    pub decisions: Vec<crate::remediate::record::DecisionRecord>,
     /// History, oldest first.
     pub timeline: Vec<TimelineEntry>,
 }

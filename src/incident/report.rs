@@ -634,6 +634,8 @@ mod tests {
                 evidence("error_ratio", 8.345),
             ],
             alerts: Vec::new(),
+            diagnosis: None,
+            decisions: Vec::new(),
             timeline: vec![
                 TimelineEntry {
                     at: T0,

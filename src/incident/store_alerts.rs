@@ -431,6 +431,8 @@ mod tests {
             anomaly_count: 0,
             signals: Vec::new(),
             alerts: Vec::new(),
+            diagnosis: None,
+            decisions: Vec::new(),
             timeline: Vec::new(),
         };
         store

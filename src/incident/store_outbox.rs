@@ -838,6 +838,8 @@ mod tests {
                 anomalous_at: vec![T0],
             }],
             alerts: Vec::new(),
+            diagnosis: None,
+            decisions: Vec::new(),
             timeline: vec![TimelineEntry {
                 at: T0,
                 kind: "opened".into(),

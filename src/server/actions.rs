@@ -186,6 +186,8 @@ mod tests {
             anomaly_count: 1,
             signals: Vec::new(),
             alerts: Vec::new(),
+            diagnosis: None,
+            decisions: Vec::new(),
             timeline: vec![TimelineEntry {
                 at: 1_000,
                 kind: "opened".into(),

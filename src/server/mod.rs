@@ -265,6 +265,8 @@ mod tests {
                 anomalous_at: vec![opened_at, opened_at + 60_000],
             }],
             alerts: Vec::new(),
+            diagnosis: None,
+            decisions: Vec::new(),
             timeline: vec![TimelineEntry {
                 at: opened_at,
                 kind: "opened".into(),

@@ -1,0 +1,8 @@
+//! Diagnosis: gather evidence for an incident, rank root-cause hypotheses
+//! with a data-driven rule catalogue, and optionally ask an LLM for a
+//! second opinion that can only propose, never act (docs/DIAGNOSIS.md).
+
+pub mod evidence;
+pub mod hypothesis;
+
+pub use hypothesis::{Diagnosis, Hypothesis, ProposedBy, Suggestion};

@@ -1,0 +1,1 @@
+//! The web UI for on-call engineers, served by the daemon itself.

@@ -633,12 +633,15 @@ async fn record_update(
     shared: &Shared,
     cancel: &CancellationToken,
 ) -> anyhow::Result<()> {
-    let id = persist(shared, update, applied, cancel).await?;
+    let (id, merged) = persist(shared, update, applied, cancel).await?;
     let group_key = update.incident.group_key();
     let incident = &update.incident;
     match update.kind {
         UpdateKind::Opened => {
-            correlator.assign_id(&group_key, id);
+            match merged {
+                Some(merged) => correlator.adopt(merged),
+                None => correlator.assign_id(&group_key, id),
+            }
             shared.metrics.incident_opened(
                 id,
                 &incident.subject(),
@@ -764,7 +767,7 @@ async fn persist(
     update: &IncidentUpdate,
     applied: &[AppliedAlert],
     cancel: &CancellationToken,
-) -> anyhow::Result<i64> {
+) -> anyhow::Result<(i64, Option<Incident>)> {
     let incident = Arc::new(update.incident.clone());
     let kind = update.kind;
     let applied: Arc<[_]> = Arc::from(applied);
@@ -780,7 +783,7 @@ async fn persist(
     })
     .await?;
     saved.report.emit(&shared.metrics);
-    Ok(saved.id)
+    Ok((saved.id, saved.merged))
 }
 
 async fn persist_cursor(

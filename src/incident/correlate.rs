@@ -163,6 +163,15 @@ impl Correlator {
         }
     }
 
+    /// Replaces the open incident of its group by `incident` — the store's
+    /// merge of a save into an already stored incident with the same
+    /// identity — so later updates carry the merged evidence.
+    pub fn adopt(&mut self, incident: Incident) {
+        if incident.state == IncidentState::Open {
+            self.open.insert(incident.group_key(), incident);
+        }
+    }
+
     /// Open incidents, for gauges and tests.
     pub fn open_incidents(&self) -> impl Iterator<Item = &Incident> {
         self.open.values()

@@ -216,6 +216,59 @@ impl Incident {
         self.alerts.iter().map(|a| a.flap_count).max().unwrap_or(0)
     }
 
+    /// Folds `other` — the same incident identity seen again, e.g. replayed
+    /// after a crash, or a new episode starting at the very same instant —
+    /// into `self` without losing anything either side holds: signals and
+    /// alerts are united (per series / per alert episode, the more advanced
+    /// copy wins), counts and times take the furthest value, severity the
+    /// higher one, and the state is `other`'s (the newer observation).
+    /// Merging a copy of itself changes nothing.
+    pub fn merge_from(&mut self, other: &Incident) {
+        for theirs in &other.signals {
+            match self.signals.iter_mut().find(|s| s.series == theirs.series) {
+                Some(ours)
+                    if theirs.last_at > ours.last_at
+                        || (theirs.last_at == ours.last_at
+                            && theirs.anomaly_count > ours.anomaly_count) =>
+                {
+                    *ours = theirs.clone();
+                }
+                Some(_) => {}
+                None => self.signals.push(theirs.clone()),
+            }
+        }
+        for theirs in &other.alerts {
+            let same = |a: &&mut AlertEvidence| {
+                a.alert_id == theirs.alert_id && a.starts_at == theirs.starts_at
+            };
+            match self.alerts.iter_mut().find(same) {
+                // A resolved copy is final for its episode.
+                Some(ours) if ours.ends_at.is_none() => *ours = theirs.clone(),
+                Some(_) => {}
+                None => self.alerts.push(theirs.clone()),
+            }
+        }
+        for entry in &other.timeline {
+            if !self.timeline.contains(entry) {
+                self.timeline.push(entry.clone());
+            }
+        }
+        self.timeline.sort_by_key(|e| e.at);
+        self.severity = self.severity.max(other.severity);
+        self.last_anomaly_at = self.last_anomaly_at.max(other.last_anomaly_at);
+        self.anomaly_count = self.anomaly_count.max(other.anomaly_count);
+        self.state = other.state;
+        self.resolved_at = other.resolved_at;
+        if self.diagnosis.is_none() {
+            self.diagnosis = other.diagnosis.clone();
+        }
+        for decision in &other.decisions {
+            if !self.decisions.contains(decision) {
+                self.decisions.push(decision.clone());
+            }
+        }
+    }
+
     /// Evidence with the largest |peak score|: the headline signal.
     pub fn headline(&self) -> Option<&SignalEvidence> {
         self.signals.iter().max_by(|a, b| {

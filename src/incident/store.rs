@@ -474,7 +474,7 @@ impl Store {
             source,
         };
         let tx = conn.transaction().map_err(write)?;
-        let (id, _) = write_incident(&tx, incident)?;
+        let (id, _, _) = write_incident(&tx, incident)?;
         tx.commit().map_err(write)?;
         Ok(id)
     }
@@ -648,11 +648,26 @@ impl Store {
 /// yet, inside the caller's transaction. Returns the id and the indices
 /// (into `incident.timeline`) of the entries that were new, from which the
 /// outbox derives the incident's events (src/incident/store_outbox.rs).
+///
+/// An incident without an id whose `(group_key, opened_at)` is already
+/// stored (a crash replay re-opening what was saved, or a new episode that
+/// starts at the very same instant as a resolved one) is **merged** into
+/// the stored row rather than overwriting its evidence; the merged
+/// incident is returned so the caller's copy (the correlator's) carries
+/// everything from then on.
 fn write_incident(
     tx: &rusqlite::Transaction<'_>,
     incident: &Incident,
-) -> Result<(IncidentId, Vec<usize>), StoreError> {
+) -> Result<(IncidentId, Vec<usize>, Option<Incident>), StoreError> {
     let group_key = incident.group_key();
+    let merged = match incident.id {
+        Some(_) => None,
+        None => stored_with_identity(tx, &group_key, incident.opened_at)?.map(|mut stored| {
+            stored.merge_from(incident);
+            stored
+        }),
+    };
+    let incident = merged.as_ref().unwrap_or(incident);
     let detail = encode_detail(incident, &group_key)?;
     let write = |source| StoreError::Write {
         what: "incident",
@@ -716,7 +731,32 @@ fn write_incident(
             }
         }
     }
-    Ok((id, new_entries))
+    let merged = merged.map(|mut m| {
+        m.id = Some(id);
+        m
+    });
+    Ok((id, new_entries, merged))
+}
+
+/// The stored incident with this identity, if any.
+fn stored_with_identity(
+    tx: &rusqlite::Transaction<'_>,
+    group_key: &str,
+    opened_at: TimestampMs,
+) -> Result<Option<Incident>, StoreError> {
+    let row: Option<(IncidentId, String)> = tx
+        .query_row(
+            "SELECT id, detail FROM incidents WHERE group_key = ?1 AND opened_at = ?2",
+            params![group_key, opened_at],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .optional()
+        .map_err(|source| StoreError::Query {
+            what: "incident by identity",
+            source,
+        })?;
+    row.map(|(id, detail)| load_incident(tx, id, &detail))
+        .transpose()
 }
 
 /// Applies the per-connection settings.
@@ -1004,6 +1044,56 @@ mod tests {
         let kinds: Vec<&str> = loaded.timeline.iter().map(|e| e.kind.as_str()).collect();
         assert_eq!(kinds, ["opened", "resolved"]);
         assert!(store.open_incidents().expect("open list").is_empty());
+    }
+
+    #[test]
+    fn a_new_incident_with_a_stored_identity_merges_instead_of_overwriting() {
+        let store = Store::open_in_memory().expect("open");
+        // A resolved incident with one signal...
+        let mut first = incident("cart", "shop", T0);
+        first.state = IncidentState::Resolved;
+        first.resolved_at = Some(T0 + 600_000);
+        let id = store.upsert_incident(&first).expect("save resolved");
+
+        // ...and a new one (no id yet) for the same group at the same
+        // instant, with another signal and a higher severity.
+        let mut second = incident("cart", "shop", T0);
+        second.signals[0].series = SeriesKey::new("latency_p99", second.group.clone());
+        second.severity = Severity::Critical;
+        let saved = store
+            .save_incident_with_events(&second, crate::incident::UpdateKind::Opened, T0)
+            .expect("save new");
+        assert_eq!(saved.id, id, "same identity, same row");
+        let merged = saved
+            .merged
+            .expect("the caller is handed the merged incident");
+        assert_eq!(merged.id, Some(id));
+
+        let loaded = store.get_incident(id).expect("read").expect("found");
+        let names: Vec<&str> = loaded
+            .signals
+            .iter()
+            .map(|s| s.series.signal.as_str())
+            .collect();
+        assert_eq!(names, ["error_ratio", "latency_p99"], "no evidence lost");
+        assert_eq!(loaded.state, IncidentState::Open);
+        assert_eq!(loaded.resolved_at, None);
+        assert_eq!(loaded.severity, Severity::Critical);
+        assert_eq!(merged.signals, loaded.signals);
+    }
+
+    #[test]
+    fn replaying_the_same_incident_changes_nothing() {
+        let store = Store::open_in_memory().expect("open");
+        let inc = incident("cart", "shop", T0);
+        let id = store.upsert_incident(&inc).expect("save");
+        let before = store.get_incident(id).expect("read").expect("found");
+        let saved = store
+            .save_incident_with_events(&inc, crate::incident::UpdateKind::Opened, T0)
+            .expect("replay");
+        assert_eq!(saved.id, id);
+        assert_eq!(store.get_incident(id).expect("read"), Some(before));
+        assert_eq!(count(&store, "SELECT count(*) FROM incident_events"), 1);
     }
 
     #[test]

@@ -495,7 +495,8 @@ pub(super) fn save_incident_in(
     kind: UpdateKind,
     now: TimestampMs,
 ) -> Result<SavedIncident, StoreError> {
-    let (id, new_entries) = write_incident(tx, incident)?;
+    let (id, new_entries, merged) = write_incident(tx, incident)?;
+    let incident = merged.as_ref().unwrap_or(incident);
     let mut sinks = load_sinks(tx)?;
     let mut report = EnqueueReport::default();
     for (event_kind, at, message) in incident_events(kind, incident, &new_entries) {
@@ -504,7 +505,7 @@ pub(super) fn save_incident_in(
         })?;
     }
     finish_sinks(tx, &sinks, &mut report)?;
-    Ok(SavedIncident { id, report })
+    Ok(SavedIncident { id, report, merged })
 }
 
 /// The events an incident save causes; see

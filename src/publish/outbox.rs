@@ -21,7 +21,7 @@
 //! and the disk absorbs the rest. Nothing is ever dropped silently.
 
 use super::event::EventKind;
-use crate::incident::IncidentId;
+use crate::incident::{Incident, IncidentId};
 use crate::signal::TimestampMs;
 use crate::telemetry::Metrics;
 
@@ -123,12 +123,16 @@ impl EnqueueReport {
 }
 
 /// An incident saved together with its events.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SavedIncident {
     /// The incident's id.
     pub id: IncidentId,
     /// What was queued.
     pub report: EnqueueReport,
+    /// When the save merged into an already stored incident with the same
+    /// identity, the merged result (with its id): the caller's copy must
+    /// be replaced by it, or its next save would drop what was merged.
+    pub merged: Option<Incident>,
 }
 
 #[cfg(test)]

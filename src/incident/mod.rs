@@ -14,7 +14,10 @@ mod store;
 
 pub use alert::{Alert, AlertBatch, AlertId, AlertReceipt, AlertStatus, AppliedAlert, NewAlert};
 pub use correlate::{Correlator, IncidentUpdate, UpdateKind};
-pub use store::{AlertFilter, IncidentFilter, IncidentPage, NewSilence, Store, StoreError};
+pub use store::{
+    ActionPlanRecord, AlertFilter, IncidentFilter, IncidentPage, NewSilence, Setting, Store,
+    StoreError,
+};
 
 use std::collections::BTreeMap;
 

@@ -42,7 +42,12 @@ mod alerts;
 // Silences and suppressions (migration 4).
 #[path = "store_noise.rs"]
 mod noise;
+
+// Remediation: decisions, diagnoses and action execution (migration 5).
+#[path = "store_remediation.rs"]
+mod remediation;
 pub use noise::{AlertFilter, NewSilence};
+pub use remediation::{ActionPlanRecord, Setting};
 
 /// Schema migrations, applied in order; migration `i` brings the schema to
 /// `user_version = i + 1`.
@@ -207,6 +212,51 @@ const MIGRATIONS: &[&str] = &[
         detail      TEXT    NOT NULL,
         at          INTEGER NOT NULL
     );
+    "#,
+    // 5: remediation (src/incident/store_remediation.rs). An action is one
+    // row of `pending_actions` from decision to verification: the gate's
+    // rule and plan, the pre-state written *before* the API call, then the
+    // outcome. Decisions (refusals included) and diagnoses hang off the
+    // incident in their own tables so the incident stage, which rewrites
+    // an incident's `detail`, can never erase them.
+    r#"
+    ALTER TABLE pending_actions ADD COLUMN rule         TEXT;
+    ALTER TABLE pending_actions ADD COLUMN mode         TEXT;
+    ALTER TABLE pending_actions ADD COLUMN proposed_by  TEXT;
+    ALTER TABLE pending_actions ADD COLUMN plan         TEXT;
+    ALTER TABLE pending_actions ADD COLUMN pre_state    TEXT;
+    ALTER TABLE pending_actions ADD COLUMN exec_state   TEXT;
+    ALTER TABLE pending_actions ADD COLUMN exec_message TEXT;
+    ALTER TABLE pending_actions ADD COLUMN executed_at  INTEGER;
+    ALTER TABLE pending_actions ADD COLUMN verify_from  INTEGER;
+    ALTER TABLE pending_actions ADD COLUMN finished_at  INTEGER;
+    ALTER TABLE pending_actions ADD COLUMN target       TEXT;
+    ALTER TABLE pending_actions ADD COLUMN pods_touched INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX pending_actions_by_exec ON pending_actions (exec_state, id);
+    CREATE INDEX pending_actions_by_target ON pending_actions (target, requested_at);
+
+    CREATE TABLE incident_decisions (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        incident_id INTEGER NOT NULL REFERENCES incidents (id),
+        at          INTEGER NOT NULL,
+        detail      TEXT    NOT NULL
+    );
+    CREATE INDEX incident_decisions_by_incident ON incident_decisions (incident_id, id);
+
+    CREATE TABLE incident_diagnoses (
+        incident_id INTEGER PRIMARY KEY REFERENCES incidents (id),
+        at          INTEGER NOT NULL,
+        detail      TEXT    NOT NULL
+    );
+
+    -- Operator switches that must survive a restart (the kill switch).
+    CREATE TABLE settings (
+        name       TEXT    PRIMARY KEY,
+        value      TEXT    NOT NULL,
+        changed_by TEXT    NOT NULL,
+        reason     TEXT    NOT NULL,
+        changed_at INTEGER NOT NULL
+    ) WITHOUT ROWID;
     "#,
 ];
 
@@ -820,6 +870,9 @@ fn encode_detail(incident: &Incident, group_key: &str) -> Result<String, StoreEr
     let mut detail = incident.clone();
     detail.id = None;
     detail.timeline = Vec::new();
+    // Owned by remediation's own tables, attached on load.
+    detail.diagnosis = None;
+    detail.decisions = Vec::new();
     // serde_json writes NaN and ±Inf as `null`, which then fails to read
     // back as f64: one such value would make the incident — and every list
     // page containing it — unreadable forever. Samples are finite by
@@ -890,6 +943,8 @@ fn load_incident(conn: &Connection, id: IncidentId, detail: &str) -> Result<Inci
         serde_json::from_str(detail).map_err(|source| StoreError::Decode { id, source })?;
     incident.id = Some(id);
     incident.timeline = load_timeline(conn, id)?;
+    incident.diagnosis = remediation::load_diagnosis(conn, id)?;
+    incident.decisions = remediation::load_decisions(conn, id)?;
     Ok(incident)
 }
 

@@ -23,7 +23,7 @@ use crate::publish::outbox::{
 use crate::signal::TimestampMs;
 
 /// A sink's state while one transaction queues events.
-struct SinkState {
+pub(super) struct SinkState {
     name: String,
     max_events: u64,
     depth_before: u64,
@@ -31,8 +31,11 @@ struct SinkState {
 }
 
 /// Columns of `pending_actions` in the order [`read_action`] expects.
-const ACTION_COLUMNS: &str = "id, incident_id, description, detail, requested_at, expires_at, \
-                              state, decided_by, reason, decided_at, channel";
+pub(super) const ACTION_COLUMNS: &str =
+    "id, incident_id, description, detail, requested_at, expires_at, \
+     state, decided_by, reason, decided_at, channel, \
+     rule, mode, proposed_by, plan, pre_state, exec_state, exec_message, \
+     executed_at, verify_from, finished_at";
 
 impl Store {
     /// Declares the sinks that take events from the outbox, with their
@@ -548,7 +551,7 @@ fn incident_events(
     events
 }
 
-fn load_sinks(tx: &Transaction<'_>) -> Result<Vec<SinkState>, StoreError> {
+pub(super) fn load_sinks(tx: &Transaction<'_>) -> Result<Vec<SinkState>, StoreError> {
     let query = |source| StoreError::Query {
         what: "outbox sinks",
         source,
@@ -572,7 +575,7 @@ fn load_sinks(tx: &Transaction<'_>) -> Result<Vec<SinkState>, StoreError> {
 
 /// Assigns the incident's next sequence number, builds the event and
 /// writes it once per sink (refusing low-priority events for full sinks).
-fn enqueue(
+pub(super) fn enqueue(
     tx: &Transaction<'_>,
     sinks: &mut [SinkState],
     report: &mut EnqueueReport,
@@ -637,7 +640,7 @@ fn enqueue(
 }
 
 /// Writes the sinks' new depths and adds them to the report.
-fn finish_sinks(
+pub(super) fn finish_sinks(
     tx: &Transaction<'_>,
     sinks: &[SinkState],
     report: &mut EnqueueReport,
@@ -669,7 +672,7 @@ fn finish_sinks(
 }
 
 #[allow(clippy::too_many_arguments)] // one call shape for four callers; a struct would only rename them
-fn queue_action_event(
+pub(super) fn queue_action_event(
     tx: &Transaction<'_>,
     sinks: &mut [SinkState],
     report: &mut EnqueueReport,
@@ -722,7 +725,7 @@ fn expire_one(
     Ok(action)
 }
 
-fn incident_cluster(
+pub(super) fn incident_cluster(
     conn: &rusqlite::Connection,
     id: IncidentId,
 ) -> Result<Option<String>, StoreError> {
@@ -738,7 +741,7 @@ fn incident_cluster(
     })
 }
 
-fn load_action(
+pub(super) fn load_action(
     conn: &rusqlite::Connection,
     id: ActionId,
 ) -> Result<Option<PendingAction>, StoreError> {
@@ -751,7 +754,7 @@ fn load_action(
         })
 }
 
-fn read_action(row: &rusqlite::Row<'_>) -> rusqlite::Result<PendingAction> {
+pub(super) fn read_action(row: &rusqlite::Row<'_>) -> rusqlite::Result<PendingAction> {
     let detail: String = row.get(3)?;
     let state: String = row.get(6)?;
     let channel: Option<String> = row.get(10)?;
@@ -773,8 +776,10 @@ fn read_action(row: &rusqlite::Row<'_>) -> rusqlite::Result<PendingAction> {
         channel: channel.as_deref().and_then(|c| match c {
             "api" => Some(Channel::Api),
             "mqtt" => Some(Channel::Mqtt),
+            "policy" => Some(Channel::Policy),
             _ => None,
         }),
+        execution: super::remediation::read_execution(row, 11)?,
     })
 }
 
@@ -789,7 +794,7 @@ fn is_duplicate_key(e: &rusqlite::Error) -> bool {
     )
 }
 
-fn to_i64(x: u64) -> i64 {
+pub(super) fn to_i64(x: u64) -> i64 {
     i64::try_from(x).unwrap_or(i64::MAX)
 }
 

@@ -86,6 +86,8 @@ pub enum Channel {
     Api,
     /// A signed message on the approvals topic.
     Mqtt,
+    /// The policy gate itself, for a rule in `auto` or `dry_run` mode.
+    Policy,
 }
 
 impl Channel {
@@ -94,6 +96,7 @@ impl Channel {
         match self {
             Channel::Api => "api",
             Channel::Mqtt => "mqtt",
+            Channel::Policy => "policy",
         }
     }
 }
@@ -175,6 +178,9 @@ pub struct PendingAction {
     pub decided_at: Option<TimestampMs>,
     /// Where the decision came from.
     pub channel: Option<Channel>,
+    /// What remediation did with it; `None` for a request that did not
+    /// come from the policy gate.
+    pub execution: Option<crate::remediate::record::Execution>,
 }
 
 impl PendingAction {
@@ -191,6 +197,10 @@ impl PendingAction {
             reason: self.reason.clone(),
             decided_at: self.decided_at.map(format_ts),
             channel: self.channel.map(|c| c.as_str().to_string()),
+            execution: self
+                .execution
+                .as_ref()
+                .map(|e| e.state.as_str().to_string()),
             detail: self.detail.clone(),
             url: format!("/api/v1/actions/{}", self.id),
         }

@@ -312,8 +312,13 @@ pub struct ActionSnapshot {
     pub reason: Option<String>,
     /// When the decision (or expiry) was recorded.
     pub decided_at: Option<String>,
-    /// `api` or `mqtt`.
+    /// `api`, `mqtt` or `policy`.
     pub channel: Option<String>,
+    /// Remediation's progress (`planned`, `dry_run`, `executing`,
+    /// `executed`, `verified`, `failed`, `reverted`, ...); absent for an
+    /// action that remediation does not run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub execution: Option<String>,
     /// The machine-readable plan the policy gate attached.
     pub detail: serde_json::Value,
     /// API path of the action.
@@ -350,6 +355,7 @@ mod tests {
             reason: Some("ok".into()),
             decided_at: None,
             channel: Some("api".into()),
+            execution: None,
             detail: serde_json::Value::Null,
             url: "/api/v1/actions/7".into(),
         };

@@ -15,11 +15,14 @@ use crate::daemon::{self, DemoOptions};
 
 const EXAMPLES: &str = "\
 Examples:
-  aiopsd demo                          # simulated service + injected fault, API on 127.0.0.1:9464
+  aiopsd demo                          # simulated service, faults, remediation; API and UI on 127.0.0.1:9464
   aiopsd demo --once                   # same, exit when the scenario is done (for scripts)
   aiopsd config check config/aiopsd.yaml
   aiopsd backtest --data nab/data --labels nab/labels.json --preset latency
   aiopsd logs templates app.log --assign app.ids
+  aiopsd policy check policies/
+  aiopsd policy explain --incident incident-7.json
+  aiopsd action revert 12 --by alice --reason \"made it worse\"
   AIOPSD_SERVER__API_TOKEN=... aiopsd run --config /etc/aiopsd/aiopsd.yaml
 
 Environment:
@@ -89,6 +92,62 @@ enum Command {
         #[command(subcommand)]
         command: LogsCommand,
     },
+    /// Check remediation policies, or see what an incident would get.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+    /// Act on a remediation action through a running daemon's API.
+    Action {
+        #[command(subcommand)]
+        command: ActionCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// Validate every policy file of a directory; prints each problem with
+    /// its file, line and field and exits 2 if there is one.
+    Check {
+        /// The policy directory (e.g. policies/).
+        dir: PathBuf,
+    },
+    /// Print the decision (and why) the policies in DIR would give an
+    /// incident, as saved by `GET /api/v1/incidents/{id}`.
+    Explain {
+        /// The policy directory.
+        #[arg(long, default_value = "policies")]
+        policies: PathBuf,
+        /// The incident, as JSON.
+        #[arg(long)]
+        incident: PathBuf,
+        /// The target workload's state as JSON (replicas, labels, HPA);
+        /// default: derived from the incident's labels, and said so.
+        #[arg(long)]
+        workload: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ActionCommand {
+    /// Undo an executed action: restores the pre-state recorded before it
+    /// ran (the leader carries it out within a second).
+    Revert {
+        /// The action id.
+        id: i64,
+        /// Who asks (recorded).
+        #[arg(long)]
+        by: String,
+        /// Why (recorded).
+        #[arg(long)]
+        reason: String,
+        /// The daemon's API.
+        #[arg(long, default_value = "http://127.0.0.1:9464")]
+        url: String,
+        /// The API token (operator).
+        #[arg(long, env = "AIOPSD_SERVER__API_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -143,6 +202,56 @@ pub fn run() -> anyhow::Result<ExitCode> {
             detector.as_deref(),
             preset.as_deref(),
         ),
+        Command::Policy {
+            command: PolicyCommand::Check { dir },
+        } => Ok(match crate::policy::check_dir(&dir) {
+            Ok(summary) => {
+                println!("{summary}");
+                ExitCode::SUCCESS
+            }
+            Err(errors) => {
+                eprintln!("{}: invalid policies", dir.display());
+                eprintln!("{errors}");
+                ExitCode::from(EXIT_INVALID_CONFIG)
+            }
+        }),
+        Command::Policy {
+            command:
+                PolicyCommand::Explain {
+                    policies,
+                    incident,
+                    workload,
+                },
+        } => {
+            let set = match crate::policy::PolicySet::load_dir(&policies) {
+                Ok(set) => set,
+                Err(errors) => {
+                    eprintln!("{}: invalid policies", policies.display());
+                    eprintln!("{errors}");
+                    return Ok(ExitCode::from(EXIT_INVALID_CONFIG));
+                }
+            };
+            match crate::policy::explain(&set, &incident, workload.as_deref(), None) {
+                Ok(text) => {
+                    print!("{text}");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    Ok(ExitCode::from(EXIT_INVALID_CONFIG))
+                }
+            }
+        }
+        Command::Action {
+            command:
+                ActionCommand::Revert {
+                    id,
+                    by,
+                    reason,
+                    url,
+                    token,
+                },
+        } => runtime()?.block_on(revert_action(id, &by, &reason, &url, token.as_deref())),
         Command::Run { config } => {
             let config = match Config::load(&config) {
                 Ok(c) => c,
@@ -237,6 +346,41 @@ fn backtest(
         println!("NAB results written under {}", out.join("aiopsd").display());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `aiopsd action revert`: asks the daemon's API, which records the
+/// request; the leader's remediation stage restores the pre-state.
+async fn revert_action(
+    id: i64,
+    by: &str,
+    reason: &str,
+    url: &str,
+    token: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    let endpoint = format!("{}/api/v1/actions/{id}/revert", url.trim_end_matches('/'));
+    let body = serde_json::json!({ "by": by, "reason": reason }).to_string();
+    let mut request = reqwest::Client::new()
+        .post(&endpoint)
+        .timeout(std::time::Duration::from_secs(10))
+        .header("content-type", "application/json")
+        .body(body);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot reach {endpoint}: {e}"))?;
+    let status = response.status();
+    let text = response.text().await.unwrap_or_default();
+    if status.is_success() {
+        println!("Revert of action {id} requested; the daemon carries it out and records it.");
+        println!("{text}");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("The daemon refused the revert of action {id} ({status}): {text}");
+        Ok(ExitCode::FAILURE)
+    }
 }
 
 fn config_check(file: &std::path::Path) -> ExitCode {

@@ -104,7 +104,8 @@ impl HumanDuration {
         i64::try_from(self.0.as_millis()).unwrap_or(i64::MAX)
     }
 
-    const fn secs(s: u64) -> Self {
+    /// A whole number of seconds (for defaults).
+    pub const fn secs(s: u64) -> Self {
         Self(Duration::from_secs(s))
     }
 }
@@ -209,6 +210,13 @@ pub struct Config {
     /// episodes within 1h.
     #[serde(default)]
     pub noise: crate::incident::noise::NoiseConfig,
+    /// Diagnosis, the policy gate and bounded remediation
+    /// (src/remediate/config.rs). Default: off.
+    #[serde(default)]
+    pub remediation: crate::remediate::config::RemediationConfig,
+    /// The optional LLM second opinion (docs/LLM.md). Default: off.
+    #[serde(default)]
+    pub llm: crate::diagnose::llm::LlmConfig,
 }
 
 fn default_cluster() -> String {
@@ -265,6 +273,14 @@ pub struct ServerConfig {
     /// Prometheus scrape them).
     #[serde(default)]
     pub api_token: Option<Secret>,
+    /// Read-only token for the web UI (`/ui/`): who logs in with it sees
+    /// every page but gets no approve/deny/revert/verdict forms, and the
+    /// server refuses those POSTs. `api_token` stays the operator token (UI
+    /// and API). Set it with `AIOPSD_SERVER__VIEWER_TOKEN`. Default: none
+    /// (only operators log in). Ignored while `api_token` is unset (the UI
+    /// is then as open as the API).
+    #[serde(default)]
+    pub viewer_token: Option<Secret>,
     /// Longest time one API request may take before it gets 503. Default: `10s`.
     #[serde(default = "default_request_timeout")]
     pub request_timeout: HumanDuration,
@@ -275,6 +291,7 @@ impl Default for ServerConfig {
         Self {
             listen: default_listen(),
             api_token: None,
+            viewer_token: None,
             request_timeout: default_request_timeout(),
         }
     }
@@ -636,6 +653,13 @@ impl Config {
             approvals: crate::publish::config::ApprovalsConfig::default(),
             alertmanager: AlertmanagerConfig::default(),
             noise: crate::incident::noise::NoiseConfig::default(),
+            // The demo acts on its simulated cluster under its own policy.
+            remediation: crate::remediate::config::RemediationConfig {
+                enabled: true,
+                kill_switch_configmap: None,
+                ..Default::default()
+            },
+            llm: crate::diagnose::llm::LlmConfig::default(),
         }
     }
 
@@ -672,6 +696,27 @@ impl Config {
                 );
             }
         }
+        if let Some(viewer) = &self.server.viewer_token {
+            if viewer.expose().len() < 16 {
+                err(
+                    "server.viewer_token".into(),
+                    "must be at least 16 characters".into(),
+                );
+            }
+            match &self.server.api_token {
+                None => err(
+                    "server.viewer_token".into(),
+                    "needs server.api_token: without an operator token the API and UI are open \
+                     to everyone, so a read-only token would protect nothing"
+                        .into(),
+                ),
+                Some(api) if api.expose() == viewer.expose() => err(
+                    "server.viewer_token".into(),
+                    "must differ from server.api_token (viewers could otherwise act)".into(),
+                ),
+                Some(_) => {}
+            }
+        }
         if self.server.request_timeout.0.is_zero() {
             err(
                 "server.request_timeout".into(),
@@ -692,6 +737,8 @@ impl Config {
             );
         }
         self.leader_election.validate(&mut err);
+        self.remediation.validate(&mut err);
+        self.llm.validate(&mut err);
         crate::publish::config::validate(
             &self.cluster,
             self.mqtt.as_ref(),
@@ -923,6 +970,7 @@ fn apply_env_overrides(
 /// Fields that are always strings, whatever the variable looks like.
 const STRING_FIELDS: &[&str] = &[
     "api_token",
+    "viewer_token",
     "url",
     "path",
     "cluster",

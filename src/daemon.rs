@@ -21,18 +21,24 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::detect::{Engine, SignalDetection};
+use crate::diagnose::bundle::SignalKinds;
+use crate::diagnose::catalogue::Catalogue;
+use crate::diagnose::diagnoser::Diagnoser;
 use crate::incident::noise::{self, Silence};
 use crate::incident::{
     report, Alert, AlertBatch, AppliedAlert, Correlator, Incident, IncidentUpdate, Store,
     StoreError, UpdateKind,
 };
-use crate::leader::{HoldOutcome, LeaderElector};
+use crate::leader::{HoldOutcome, LeaderElector, PodLabel, LEADER_LABEL};
+use crate::policy::{PolicyReloader, PolicySet};
+use crate::remediate::sim::SimCluster;
+use crate::remediate::stage::{Clock, Cluster, Remediator};
 use crate::server::{self, AppState};
 use crate::signal::{now_ms, Anomaly, SeriesBatch, TimestampMs};
 use crate::sources::prometheus::PrometheusSource;
@@ -73,6 +79,12 @@ struct Shared {
     /// Silences from `noise.silences` (API silences are read from the
     /// store per batch, so they apply as soon as they are created).
     config_silences: Arc<[Silence]>,
+    /// Wakes the remediation stage after the incident stage stored
+    /// something (an incident change, a cursor that moved).
+    wake: Arc<Notify>,
+    /// The loaded policy rules, published by the remediation stage for the
+    /// UI's policy page.
+    policy_view: tokio::sync::watch::Sender<crate::ui::PolicyView>,
 }
 
 impl Shared {
@@ -88,6 +100,8 @@ impl Shared {
             health,
             alert_tx,
             config_silences: config.noise.silences().into(),
+            wake: Arc::new(Notify::new()),
+            policy_view: tokio::sync::watch::Sender::new(crate::ui::PolicyView::default()),
         };
         Ok((shared, alert_rx))
     }
@@ -102,6 +116,7 @@ impl Shared {
             alertmanager: config.alertmanager.clone(),
             alert_tx: Some(self.alert_tx.clone()),
             config_silences: Arc::clone(&self.config_silences),
+            remediation: config.remediation.clone(),
         }
     }
 }
@@ -247,20 +262,117 @@ async fn lead(
         Arc::clone(&shared.health),
         cancel.clone(),
     ));
-    let result = run_pipeline(
-        config,
+    let remediator = match live_remediator(config, shared).await {
+        Ok(r) => r,
+        Err(error) => {
+            cancel.cancel();
+            let _ = source_task.await;
+            let _ = publisher.await;
+            return Err(error);
+        }
+    };
+    let inputs = PipelineInputs {
         detections,
-        rx,
+        batches: rx,
         alerts,
-        shared,
         resume,
-        cancel.clone(),
-    )
-    .await;
+        remediator,
+    };
+    let result = run_pipeline(config, inputs, shared, cancel.clone()).await;
     cancel.cancel();
     let _ = source_task.await;
     let _ = publisher.await;
     result
+}
+
+/// The remediation stage of `aiopsd run`: diagnosis always; with
+/// `remediation.enabled`, the policy gate and the Kubernetes executor too.
+async fn live_remediator(config: &Config, shared: &Shared) -> anyhow::Result<Remediator> {
+    let mut diagnoser = diagnoser(config, shared)?;
+    let dir = &config.remediation.policies;
+    let (cluster, policies) = if config.remediation.enabled {
+        let client = crate::remediate::kube::client(config.remediation.api_url.as_deref())
+            .await
+            .context("cannot set up the Kubernetes client for remediation")?;
+        diagnoser = diagnoser.with_kube(client.clone());
+        let policies = match PolicyReloader::new(dir) {
+            Ok(p) => {
+                tracing::info!(
+                    dir = %dir.display(),
+                    rules = p.current().rules().len(),
+                    version = %p.current().version(),
+                    "Policies loaded."
+                );
+                p
+            }
+            Err(errors) => {
+                tracing::error!(
+                    dir = %dir.display(),
+                    problems = %errors,
+                    "The policies do not load: every action is refused until they do."
+                );
+                PolicyReloader::deny_all_until_loaded(dir)
+            }
+        };
+        (
+            Cluster::Kube(crate::remediate::kube::KubeCluster::new(client)),
+            policies,
+        )
+    } else {
+        (
+            Cluster::Detached,
+            PolicyReloader::deny_all_until_loaded(dir),
+        )
+    };
+    Ok(Remediator::new(
+        shared.store.clone(),
+        Arc::clone(&shared.metrics),
+        cluster,
+        diagnoser,
+        policies,
+        config.remediation.clone(),
+        Clock::Wall,
+    )
+    .with_policy_view(shared.policy_view.clone()))
+}
+
+/// Rules (the built-in catalogue) and, when configured, the LLM.
+fn diagnoser(config: &Config, shared: &Shared) -> anyhow::Result<Diagnoser> {
+    let catalogue =
+        Catalogue::builtin().context("the built-in diagnosis catalogue does not load")?;
+    let mut diagnoser = Diagnoser::new(SignalKinds::from_signals(&config.signals), catalogue);
+    if config.llm.enabled {
+        let llm = crate::diagnose::llm::LlmDiagnoser::new(&config.llm, shared.metrics.llm.clone())
+            .context("cannot set up the LLM client")?;
+        diagnoser = diagnoser.with_llm(llm);
+    }
+    Ok(diagnoser)
+}
+
+/// The policy the demo runs under: roll back a bad rollout automatically
+/// in the demo namespace, nothing else.
+const DEMO_POLICY: &str = include_str!("../policies/examples/demo.yaml");
+
+/// The demo's remediation stage: the simulated cluster, the demo policy,
+/// the data clock.
+fn demo_remediator(
+    config: &Config,
+    shared: &Shared,
+    cluster: Arc<SimCluster>,
+) -> anyhow::Result<Remediator> {
+    let diagnoser = diagnoser(config, shared)?.with_sim(Arc::clone(&cluster));
+    let set = PolicySet::from_yaml("policies/examples/demo.yaml", DEMO_POLICY)
+        .map_err(|errors| anyhow::anyhow!("the demo policy does not load: {errors}"))?;
+    Ok(Remediator::new(
+        shared.store.clone(),
+        Arc::clone(&shared.metrics),
+        Cluster::Sim(cluster),
+        diagnoser,
+        PolicyReloader::fixed(set),
+        config.remediation.clone(),
+        Clock::Data,
+    )
+    .with_policy_view(shared.policy_view.clone()))
 }
 
 /// Why [`run`] may start the pipeline, or not.
@@ -291,6 +403,16 @@ async fn wait_for_leadership(
     let mut elector = LeaderElector::connect(&config.leader_election)
         .await
         .context("cannot start leader election")?;
+    if let Some(label) = elector.pod_label() {
+        // A restarted container in the same pod may still carry the label
+        // from when it led: clear it before standing by.
+        if let Err(error) = label.set(false).await {
+            tracing::warn!(
+                error = %error_chain(&error),
+                "Could not clear this pod's leader label; the Service may route to this standby."
+            );
+        }
+    }
     let settings = elector.settings();
     tracing::info!(
         lease = %settings.lease_name,
@@ -302,7 +424,34 @@ async fn wait_for_leadership(
         return Ok(Leadership::Cancelled);
     }
     shared.health.set_standby(None);
+    if let Some(label) = elector.pod_label() {
+        spawn_leader_label(label, elector.settings().retry_period, cancel.clone());
+    }
     Ok(Leadership::Leader(Box::new(elector)))
+}
+
+/// Labels this pod as the leader, retrying until it works: until then the
+/// Service routes no API call or webhook here (they are refused with 503
+/// by the Service, and Alertmanager retries).
+fn spawn_leader_label(label: PodLabel, retry: Duration, cancel: CancellationToken) {
+    tokio::spawn(async move {
+        loop {
+            match label.set(true).await {
+                Ok(()) => {
+                    tracing::info!(label = LEADER_LABEL, "This pod is labelled as the leader.");
+                    return;
+                }
+                Err(error) => tracing::error!(
+                    error = %error_chain(&error),
+                    "Could not label this pod as the leader; the Service does not route to it yet."
+                ),
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(retry) => {}
+            }
+        }
+    });
 }
 
 /// Renews the lease in the background; on loss, cancels the pipeline.
@@ -333,7 +482,18 @@ fn spawn_lease_holder(
 /// Stops renewing; gives the lease up when it is still held, so the
 /// standby takes over at once. Returns the loss reason, if it was lost.
 async fn end_leadership(holder: JoinHandle<(LeaderElector, Option<String>)>) -> Option<String> {
-    match holder.await {
+    let outcome = holder.await;
+    if let Ok((elector, _)) = &outcome {
+        if let Some(label) = elector.pod_label() {
+            if let Err(error) = label.set(false).await {
+                tracing::warn!(
+                    error = %error_chain(&error),
+                    "Could not clear this pod's leader label; it goes when the pod does."
+                );
+            }
+        }
+    }
+    match outcome {
         Ok((_, Some(reason))) => Some(reason),
         Ok((mut elector, None)) => {
             if let Err(error) = elector.release().await {
@@ -392,28 +552,40 @@ pub async fn demo(options: DemoOptions, cancel: CancellationToken) -> anyhow::Re
 
     let scenario = Scenario::standard(now_ms());
     let fault = scenario.fault.clone();
-    println!("aiopsd demo — a simulated service with one injected fault.");
+    let second = scenario.second.clone();
+    println!("aiopsd demo — a simulated service, two injected faults, a simulated cluster.");
     println!("  injected: {}", fault.description);
     println!(
         "  window:   {} .. {}",
         crate::signal::format_ts(fault.start),
         crate::signal::format_ts(fault.end)
     );
+    println!("  injected: {}", second.description);
+    println!(
+        "  policy:   policies/examples/demo.yaml (roll back a bad rollout in `demo`, nothing else)"
+    );
     println!("  api:      http://{api}/api/v1/incidents");
+    println!("  ui:       http://{api}/ui/");
 
+    let cluster = Arc::new(
+        SimCluster::new(&[("demo", "checkout", 3), ("demo", "catalog", 3)]).with_rollout(
+            "demo",
+            "checkout",
+            fault.start - 2 * 60_000,
+        ),
+    );
+    let remediator = demo_remediator(&config, &shared, Arc::clone(&cluster))?;
     let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
-    let source_task =
-        tokio::spawn(SimSource::new(scenario).run(tx, Arc::clone(&shared.health), cancel.clone()));
-    let pipeline = run_pipeline(
-        &config,
-        SimSource::signal_detections(),
-        rx,
-        alert_rx,
-        &shared,
-        HashMap::new(),
-        cancel.clone(),
-    )
-    .await;
+    let source = SimSource::new(scenario).with_cluster(Arc::clone(&cluster));
+    let source_task = tokio::spawn(source.run(tx, Arc::clone(&shared.health), cancel.clone()));
+    let inputs = PipelineInputs {
+        detections: SimSource::signal_detections(),
+        batches: rx,
+        alerts: alert_rx,
+        resume: HashMap::new(),
+        remediator,
+    };
+    let pipeline = run_pipeline(&config, inputs, &shared, cancel.clone()).await;
     let _ = source_task.await;
     pipeline?;
 
@@ -430,9 +602,13 @@ pub async fn demo(options: DemoOptions, cancel: CancellationToken) -> anyhow::Re
     let mut report_path = None;
     if let Some(incident) = faulty {
         let id = incident.id.unwrap_or_default();
+        let actions = shared.store.actions_for_incident(id)?;
         let path = options.data_dir.join(format!("incident-{id}.md"));
-        std::fs::write(&path, report::render_markdown(incident, now_ms()))
-            .with_context(|| format!("cannot write {}", path.display()))?;
+        std::fs::write(
+            &path,
+            report::render_markdown_with_actions(incident, &actions, now_ms()),
+        )
+        .with_context(|| format!("cannot write {}", path.display()))?;
         println!();
         println!(
             "Detected: incident #{id} — {} — {} signal(s), severity {}, state {}.",
@@ -441,7 +617,9 @@ pub async fn demo(options: DemoOptions, cancel: CancellationToken) -> anyhow::Re
             incident.severity.as_str(),
             incident.state.as_str()
         );
+        print_remediation(incident, &actions);
         println!("  report:   {}", path.display());
+        println!("  page:     http://{api}/ui/incidents/{id}");
         println!("  api:      http://{api}/api/v1/incidents/{id}");
         println!("  markdown: http://{api}/api/v1/incidents/{id}/report.md");
         report_path = Some(path);
@@ -449,7 +627,34 @@ pub async fn demo(options: DemoOptions, cancel: CancellationToken) -> anyhow::Re
         println!();
         println!("The injected fault was NOT detected; see the log above.");
     }
-    let others = incidents.len() - usize::from(faulty.is_some());
+    let refused = incidents
+        .iter()
+        .find(|i| i.group_label("service") == Some(second.service.as_str()));
+    if let Some(incident) = refused {
+        let id = incident.id.unwrap_or_default();
+        let actions = shared.store.actions_for_incident(id)?;
+        println!();
+        println!(
+            "Detected: incident #{id} — {} — {} signal(s), severity {}, state {}.",
+            incident.subject(),
+            incident.signals.len(),
+            incident.severity.as_str(),
+            incident.state.as_str()
+        );
+        print_remediation(incident, &actions);
+        println!("  page:     http://{api}/ui/incidents/{id}");
+    } else {
+        println!();
+        println!(
+            "The second injected fault ({}) was NOT detected.",
+            second.service
+        );
+    }
+    for event in cluster.events() {
+        println!("  cluster event: {event}");
+    }
+    let others = incidents.len() - usize::from(faulty.is_some()) - usize::from(refused.is_some());
+    println!();
     println!("  other incidents (false alarms): {others}");
 
     if !options.once && !cancel.is_cancelled() {
@@ -465,6 +670,46 @@ pub async fn demo(options: DemoOptions, cancel: CancellationToken) -> anyhow::Re
         report_path,
         api,
     })
+}
+
+/// Prints the diagnosis, the gate's decision and the action's outcome of
+/// one demo incident, in a few lines.
+fn print_remediation(incident: &Incident, actions: &[crate::publish::approvals::PendingAction]) {
+    if let Some(top) = incident.diagnosis.as_ref().and_then(|d| d.top()) {
+        println!(
+            "  diagnosis: {} ({:.0}% confidence, {})",
+            top.title,
+            top.confidence * 100.0,
+            top.proposed_by.as_str()
+        );
+    }
+    for d in &incident.decisions {
+        let action = d
+            .action
+            .as_ref()
+            .map(|a| format!(": {}", a.describe()))
+            .unwrap_or_default();
+        println!(
+            "  decision: {} by rule {}{action}",
+            d.outcome.as_str(),
+            d.rule
+        );
+        if d.outcome == crate::remediate::record::DecisionOutcome::Refused {
+            for reason in &d.reasons {
+                println!("    why: {reason}");
+            }
+        }
+    }
+    for a in actions {
+        if let Some(exec) = &a.execution {
+            println!(
+                "  action #{}: {} — {}",
+                a.id,
+                exec.state.as_str(),
+                exec.message.as_deref().unwrap_or("")
+            );
+        }
+    }
 }
 
 async fn bind(
@@ -490,7 +735,16 @@ fn spawn_server(
     listener: tokio::net::TcpListener,
     cancel: CancellationToken,
 ) -> JoinHandle<()> {
-    let router = server::router(shared.app_state(config), config.server.request_timeout.0);
+    let ui = crate::ui::UiSettings {
+        viewer_token: config.server.viewer_token.clone(),
+        policy: Some(shared.policy_view.subscribe()),
+        record_verdict: Some(record_verdict),
+    };
+    let router = server::router_with_ui(
+        shared.app_state(config),
+        ui,
+        config.server.request_timeout.0,
+    );
     tokio::spawn(async move {
         if let Err(error) =
             server::serve(listener, router, async move { cancel.cancelled().await }).await
@@ -500,16 +754,49 @@ fn spawn_server(
     })
 }
 
-/// Runs the detect and incident stages until the source channel closes.
+/// What one run of the pipeline consumes: the source's batches, the
+/// webhook's alerts, how each signal is scored, where a previous run
+/// stopped, and the remediation stage that follows the incident stage.
+struct PipelineInputs {
+    detections: Vec<(String, SignalDetection)>,
+    batches: mpsc::Receiver<SeriesBatch>,
+    alerts: mpsc::Receiver<AlertBatch>,
+    resume: HashMap<String, TimestampMs>,
+    remediator: Remediator,
+}
+
+/// Stores a person's verdict from the UI (`noise`, `expected`, `real`).
+fn record_verdict(
+    store: &Store,
+    id: crate::incident::IncidentId,
+    verdict: crate::ui::Feedback,
+    by: &str,
+    reason: &str,
+    now: TimestampMs,
+) -> Result<(), crate::incident::StoreError> {
+    store.record_verdict(id, verdict.as_str(), by, reason, now)
+}
+
+/// Runs the detect, incident and remediation stages until the source
+/// channel closes.
 async fn run_pipeline(
     config: &Config,
-    detections: Vec<(String, SignalDetection)>,
-    rx: mpsc::Receiver<SeriesBatch>,
-    alerts: mpsc::Receiver<AlertBatch>,
+    inputs: PipelineInputs,
     shared: &Shared,
-    resume: HashMap<String, TimestampMs>,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
+    let PipelineInputs {
+        detections,
+        batches: rx,
+        alerts,
+        resume,
+        remediator,
+    } = inputs;
+    // Its own token: it stops after the incident stage, with one last pass
+    // over what that stage stored.
+    let remediation_cancel = CancellationToken::new();
+    let remediation =
+        tokio::spawn(remediator.run(Arc::clone(&shared.wake), remediation_cancel.clone()));
     let open = shared.store.open_incidents()?;
     shared.metrics.set_open_incidents(open.len());
     if !open.is_empty() {
@@ -540,6 +827,8 @@ async fn run_pipeline(
     let result = incident_stage(correlator, detected_rx, alerts, shared, cancel).await;
     shared.health.set_pipeline_running(false);
     let _ = detect.await;
+    remediation_cancel.cancel();
+    let _ = remediation.await;
     if let Err(error) = shared.store.checkpoint() {
         tracing::warn!(error = %error_chain(&error), "Checkpointing the store at shutdown failed; the WAL will be replayed on next start.");
     }
@@ -608,6 +897,7 @@ async fn incident_stage(
                 // The cursor moves only after the batch's incidents are stored: a
                 // crash in between re-reads the batch rather than losing it.
                 persist_cursor(shared, &detected.signal, detected.until, &cancel).await?;
+                shared.wake.notify_one();
             }
             Some(batch) = alerts.recv() => {
                 apply_alerts(&mut correlator, &batch.alerts, shared, &cancel).await?;
@@ -634,6 +924,7 @@ async fn record_update(
     cancel: &CancellationToken,
 ) -> anyhow::Result<()> {
     let (id, merged) = persist(shared, update, applied, cancel).await?;
+    shared.wake.notify_one();
     let group_key = update.incident.group_key();
     let incident = &update.incident;
     match update.kind {

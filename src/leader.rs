@@ -35,16 +35,22 @@
 //! `daemon::run`): it stops the pipeline and exits non-zero, so Kubernetes
 //! restarts the pod, which comes back as a standby.
 //!
+//! While leading, the replica labels its own pod `aiopsd.io/leader=true`
+//! (and clears the label when it starts, steps down or stops); the Service
+//! selects that label, so traffic reaches the one replica whose store is
+//! written while every replica is Ready.
+//!
 //! API calls made (and only these; deploy/ grants exactly them):
 //! `get`, `create` and `update` on `leases` in the `coordination.k8s.io`
-//! group, in one namespace.
+//! group, and `patch` on `pods` (its own), in one namespace.
 
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde::Deserialize;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -105,7 +111,18 @@ pub struct LeaderElectionConfig {
     /// them. With a URL, no credentials are sent.
     #[serde(default)]
     pub api_url: Option<String>,
+    /// This replica's pod, which the leader labels `aiopsd.io/leader=true`
+    /// (and a standby clears) so that the Service, which selects that
+    /// label, sends API calls and webhooks to the leader only while every
+    /// replica stays Ready (PodDisruptionBudgets and rolling updates then
+    /// work as usual). Default: the `POD_NAME` environment variable; with
+    /// neither, no pod is labelled.
+    #[serde(default)]
+    pub pod_name: Option<String>,
 }
+
+/// The label the leader sets on its own pod; deploy/'s Service selects it.
+pub const LEADER_LABEL: &str = "aiopsd.io/leader";
 
 fn default_lease_name() -> String {
     "aiopsd".into()
@@ -131,6 +148,7 @@ impl Default for LeaderElectionConfig {
             renew_deadline: default_renew_deadline(),
             retry_period: default_retry_period(),
             api_url: None,
+            pod_name: None,
         }
     }
 }
@@ -288,6 +306,17 @@ pub enum LeaderError {
     /// The API server did not answer in time.
     #[error("the Kubernetes API did not answer within {0:?}")]
     Timeout(Duration),
+    /// Setting or clearing the leader label on this replica's pod failed.
+    #[error("cannot set the {LEADER_LABEL} label on pod {namespace}/{pod}")]
+    Label {
+        /// The pod's namespace.
+        namespace: String,
+        /// The pod.
+        pod: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
 }
 
 /// Resolved election settings: what [`LeaderElector`] runs with.
@@ -349,6 +378,55 @@ pub struct LeaderElector {
     api: Api<Lease>,
     settings: ElectionSettings,
     observed: Option<Observed>,
+    pod_label: Option<PodLabel>,
+}
+
+/// The leader label on this replica's own pod.
+#[derive(Clone)]
+pub struct PodLabel {
+    api: Api<Pod>,
+    pod: String,
+    namespace: String,
+}
+
+impl PodLabel {
+    /// The label of pod `pod` in `namespace`.
+    pub fn new(client: kube::Client, namespace: &str, pod: &str) -> Self {
+        Self {
+            api: Api::namespaced(client, namespace),
+            pod: pod.to_string(),
+            namespace: namespace.to_string(),
+        }
+    }
+
+    /// Sets (`true`) or removes (`false`) [`LEADER_LABEL`] with a JSON
+    /// merge patch — only that one label is touched.
+    pub async fn set(&self, leader: bool) -> Result<(), LeaderError> {
+        let value = if leader {
+            serde_json::Value::String("true".into())
+        } else {
+            serde_json::Value::Null
+        };
+        let patch = serde_json::json!({"metadata": {"labels": {LEADER_LABEL: value}}});
+        let params = PatchParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..PatchParams::default()
+        };
+        match tokio::time::timeout(
+            Duration::from_secs(10),
+            self.api.patch(&self.pod, &params, &Patch::Merge(&patch)),
+        )
+        .await
+        {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(source)) => Err(LeaderError::Label {
+                namespace: self.namespace.clone(),
+                pod: self.pod.clone(),
+                source,
+            }),
+            Err(_) => Err(LeaderError::Timeout(Duration::from_secs(10))),
+        }
+    }
 }
 
 impl LeaderElector {
@@ -382,7 +460,7 @@ impl LeaderElector {
             Some(id) => id.clone(),
             None => default_identity().ok_or(LeaderError::NoIdentity)?,
         };
-        Ok(Self::new(
+        let elector = Self::new(
             client,
             ElectionSettings {
                 namespace,
@@ -392,7 +470,17 @@ impl LeaderElector {
                 renew_deadline: config.renew_deadline.0,
                 retry_period: config.retry_period.0,
             },
-        ))
+        );
+        let pod = config.pod_name.clone().or_else(|| {
+            std::env::var("POD_NAME")
+                .ok()
+                .map(|p| p.trim().to_string())
+                .filter(|p| !p.is_empty())
+        });
+        Ok(match pod {
+            Some(pod) => elector.with_pod_label(&pod),
+            None => elector,
+        })
     }
 
     /// An elector using `client`.
@@ -402,7 +490,23 @@ impl LeaderElector {
             api,
             settings,
             observed: None,
+            pod_label: None,
         }
+    }
+
+    /// Also label pod `pod` (in the Lease's namespace) while leading.
+    pub fn with_pod_label(mut self, pod: &str) -> Self {
+        self.pod_label = Some(PodLabel::new(
+            self.api.clone().into_client(),
+            &self.settings.namespace,
+            pod,
+        ));
+        self
+    }
+
+    /// The leader label of this replica's pod, when one is configured.
+    pub fn pod_label(&self) -> Option<PodLabel> {
+        self.pod_label.clone()
     }
 
     /// The settings in use (identity, namespace, timings).

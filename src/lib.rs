@@ -1,16 +1,19 @@
 //! aiopsd — an AIOps agent for Kubernetes.
 //!
 //! Start at [`daemon`], which wires the pipeline stages together:
-//! [`sources`] → [`detect`] → [`incident`] → [`server`] (and, in later
-//! work, diagnose → policy → remediate → publish). docs/ARCHITECTURE.md
-//! draws the flow and says which module owns which stage.
+//! [`sources`] → [`detect`] → [`incident`] → [`remediate`] (which uses
+//! [`diagnose`] and the [`policy`] gate), with [`server`] and [`ui`] in
+//! front and [`publish`] behind. docs/ARCHITECTURE.md draws the flow and
+//! says which module owns which stage.
 //!
 //! Types that travel between stages live in [`signal`]; configuration in
 //! [`config`]; aiopsd's own metrics and readiness in [`telemetry`].
 //! With two replicas, [`leader`] decides which one runs the pipeline.
 //! [`publish`] sends incident and action events over MQTT from a durable
 //! outbox and takes approvals of pending actions.
-//! [`logs`] mines log lines into templates (docs/LOGS.md).
+//! [`logs`] mines log lines into templates (docs/LOGS.md); [`forecast`]
+//! forecasts series, predicts limit breaches, trends and capacity
+//! (docs/FORECAST.md).
 
 #![warn(missing_docs, unreachable_pub)]
 

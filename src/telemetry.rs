@@ -65,8 +65,29 @@ pub struct ReasonLabel {
     pub reason: String,
 }
 
+/// Label set of a remediation action metric.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActionLabel {
+    /// `scale`, `restart` or `rollback`.
+    pub verb: String,
+    /// `executed`, `failed`, `verified`, `not_verified`, `reverted`,
+    /// `revert_failed`.
+    pub result: String,
+}
+
+/// Label set of a policy decision metric.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    /// `execute`, `dry_run`, `needs_approval` or `refused`.
+    pub outcome: String,
+}
+
 /// Every metric aiopsd exports about itself.
 pub struct Metrics {
+    /// The optional LLM's calls, tokens, failures and latency.
+    pub llm: crate::diagnose::llm::LlmMetrics,
+    decisions: Family<OutcomeLabel, Counter>,
+    actions: Family<ActionLabel, Counter>,
     registry: Registry,
     polls: Family<SignalLabel, Counter>,
     poll_errors: Family<SignalLabel, Counter>,
@@ -111,6 +132,19 @@ impl Metrics {
         let alerts_received = Family::<AlertStatusLabel, Counter>::default();
         let alerts_deduplicated = Counter::default();
         let alerts_suppressed = Family::<ReasonLabel, Counter>::default();
+        let llm = crate::diagnose::llm::LlmMetrics::register(&mut registry);
+        let decisions = Family::<OutcomeLabel, Counter>::default();
+        registry.register(
+            "remediation_decisions",
+            "Decisions of the policy gate about incidents, by outcome",
+            decisions.clone(),
+        );
+        let actions = Family::<ActionLabel, Counter>::default();
+        registry.register(
+            "actions",
+            "Remediation actions by verb and result (executed, failed, verified, not_verified, reverted, revert_failed)",
+            actions.clone(),
+        );
         registry.register(
             "alerts_suppressed",
             "Alert episodes that opened or joined no incident, by reason (listed by GET /api/v1/suppressions)",
@@ -206,7 +240,29 @@ impl Metrics {
             alerts_received,
             alerts_deduplicated,
             alerts_suppressed,
+            llm,
+            decisions,
+            actions,
         }
+    }
+
+    /// The policy gate decided about an incident.
+    pub fn decision(&self, outcome: &str) {
+        self.decisions
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.to_string(),
+            })
+            .inc();
+    }
+
+    /// A remediation action reached `result`.
+    pub fn action(&self, verb: &str, result: &str) {
+        self.actions
+            .get_or_create(&ActionLabel {
+                verb: verb.to_string(),
+                result: result.to_string(),
+            })
+            .inc();
     }
 
     /// The registry in OpenMetrics text, for /metrics.
@@ -461,17 +517,28 @@ impl Health {
         self.store_ok.store(ok, Ordering::Relaxed);
     }
 
-    /// Marks this replica as a standby (`Some(reason)`, shown first by
-    /// /readyz) or as the one that runs the pipeline (`None`).
+    /// Marks this replica as a standby (`Some(reason)`, shown as its
+    /// `role` by /readyz) or as the one that runs the pipeline (`None`).
     ///
-    /// A standby is deliberately not ready: its store is not the one being
-    /// written, so the Service must not send it API requests or alerts.
+    /// A standby is ready when its store is: it serves probes and
+    /// /metrics, and the Service (which selects the leader's pod label,
+    /// see `leader`) sends API calls and alerts to the leader only — so
+    /// PodDisruptionBudgets and rolling updates work as for any other
+    /// Deployment.
     pub fn set_standby(&self, reason: Option<String>) {
         let mut standby = match self.standby.lock() {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
         };
         *standby = reason;
+    }
+
+    /// `Some(reason)` while this replica stands by for the leader lease.
+    pub fn standby(&self) -> Option<String> {
+        match self.standby.lock() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
     }
 
     /// Whether the daemon is ready, and if not, every reason why.
@@ -481,11 +548,13 @@ impl Health {
             Err(poisoned) => poisoned.into_inner().clone(),
         };
         let mut reasons = Vec::new();
-        let standby = match self.standby.lock() {
-            Ok(g) => g.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        };
-        reasons.extend(standby);
+        if self.standby().is_some() {
+            // A standby runs no pipeline and polls nothing by design.
+            if !self.store_ok.load(Ordering::Relaxed) {
+                reasons.push("store is not available".to_string());
+            }
+            return (reasons.is_empty(), reasons, sources);
+        }
         if !self.pipeline_running.load(Ordering::Relaxed) {
             reasons.push("pipeline is not running".to_string());
         }
@@ -541,15 +610,25 @@ mod tests {
     }
 
     #[test]
-    fn a_standby_is_not_ready_and_says_why_first() {
+    fn a_standby_is_ready_when_its_store_is_and_says_it_stands_by() {
         let health = Health::new();
         health.set_store_ok(true);
+        health.register_source("prometheus");
         health.set_standby(Some("standby: another replica holds the lease".into()));
+        // No pipeline, no source answers: expected on a standby.
+        let (ready, reasons, _) = health.readiness();
+        assert!(ready, "{reasons:?}");
+        assert_eq!(
+            health.standby().as_deref(),
+            Some("standby: another replica holds the lease")
+        );
+        health.set_store_ok(false);
         let (ready, reasons, _) = health.readiness();
         assert!(!ready);
-        assert_eq!(reasons[0], "standby: another replica holds the lease");
+        assert_eq!(reasons, ["store is not available"]);
+        // Leading: the pipeline and the sources count again.
+        health.set_store_ok(true);
         health.set_standby(None);
-        health.set_pipeline_running(true);
-        assert!(health.readiness().0);
+        assert!(!health.readiness().0);
     }
 }

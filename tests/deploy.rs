@@ -1,18 +1,24 @@
 //! deploy/ checked against the code: the metrics the dashboard and the
 //! alert rules use exist in aiopsd's /metrics, the Dockerfile builds the
 //! binary Cargo.toml defines, no Secret ships data, the base workload meets
-//! Pod Security "restricted", and the deploy config is valid.
+//! Pod Security "restricted", the deploy config is valid, and the RBAC
+//! rules grant exactly the API calls the code makes (recorded by the
+//! wire-level fake API server, tests/support/fake_kube.rs).
 //!
 //! Rendering overlays and schema validation need kubectl and
 //! kubernetes-validate: scripts/check-deploy.sh does those (CI runs it),
 //! including the same Pod Security checks on every rendered overlay.
 
-use std::collections::BTreeSet;
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use aiopsd::telemetry::Metrics;
-use serde_json::Value;
+use serde_json::{json, Value};
+
+use support::fake_kube::{all_recorded_calls, ApiCall, FakeKube};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -60,6 +66,8 @@ fn exported_sample_names() -> BTreeSet<String> {
     m.set_source_up("prometheus", true);
     m.store_error();
     m.set_leader(true);
+    m.decision("execute");
+    m.action("scale", "executed");
     m.encode()
         .lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())
@@ -431,4 +439,432 @@ fn base_deployment_runs_two_electing_replicas_with_probes_and_limits() {
             .map(|p| p as u16)
             .unwrap_or_default()
     );
+}
+
+// ---------------------------------------------------------------------------
+// RBAC: what deploy/ grants == what the code calls.
+
+/// Namespace and Lease name the deploy/ manifests use.
+const NS: &str = "aiopsd";
+const LEASE: &str = "aiopsd";
+
+/// One RBAC rule: which verbs on which (group, resource, names).
+#[derive(Debug, Clone, PartialEq)]
+struct Rule {
+    source: String,
+    namespace: Option<String>,
+    groups: Vec<String>,
+    resources: Vec<String>,
+    names: Vec<String>,
+    verbs: Vec<String>,
+}
+
+impl Rule {
+    fn allows(&self, call: &ApiCall, verb: &str) -> bool {
+        let any = |list: &[String], v: &str| list.iter().any(|x| x == "*" || x == v);
+        (self.namespace.is_none() || self.namespace == call.namespace)
+            && any(&self.groups, &call.group)
+            && any(&self.resources, &call.resource)
+            && (self.names.is_empty()
+                || call
+                    .name
+                    .as_deref()
+                    .is_some_and(|n| self.names.iter().any(|x| x == n)))
+            && any(&self.verbs, verb)
+    }
+}
+
+fn strings(v: &Value, key: &str) -> Vec<String> {
+    v.get(key)
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The Role/ClusterRole rules in `files` (relative to `dir`), checking
+/// that each role is bound to aiopsd's ServiceAccount and nothing else.
+fn rules_in(dir: &Path, files: &[String], namespace: Option<String>) -> Vec<Rule> {
+    let mut rules = Vec::new();
+    let mut bound = BTreeSet::new();
+    for file in files {
+        for doc in yaml_documents(&dir.join(file)) {
+            let kind = doc["kind"].as_str().unwrap_or_default().to_string();
+            let name = doc["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            match kind.as_str() {
+                "Role" | "ClusterRole" => {
+                    let ns = if kind == "Role" {
+                        doc["metadata"]["namespace"]
+                            .as_str()
+                            .map(str::to_string)
+                            .or_else(|| namespace.clone())
+                    } else {
+                        None
+                    };
+                    for rule in doc["rules"].as_array().cloned().unwrap_or_default() {
+                        rules.push(Rule {
+                            source: format!("{kind}/{name} ({file})"),
+                            namespace: ns.clone(),
+                            groups: strings(&rule, "apiGroups"),
+                            resources: strings(&rule, "resources"),
+                            names: strings(&rule, "resourceNames"),
+                            verbs: strings(&rule, "verbs"),
+                        });
+                    }
+                }
+                "RoleBinding" | "ClusterRoleBinding" => {
+                    let subjects = doc["subjects"].as_array().cloned().unwrap_or_default();
+                    assert!(
+                        subjects
+                            .iter()
+                            .all(|s| s["kind"] == "ServiceAccount" && s["name"] == "aiopsd"),
+                        "{kind}/{name} must bind only aiopsd's ServiceAccount"
+                    );
+                    bound.insert(format!(
+                        "{}/{}",
+                        doc["roleRef"]["kind"].as_str().unwrap_or_default(),
+                        doc["roleRef"]["name"].as_str().unwrap_or_default()
+                    ));
+                }
+                _ => {}
+            }
+        }
+    }
+    for rule in &rules {
+        let role = rule.source.split(' ').next().unwrap_or_default();
+        assert!(
+            bound.contains(role),
+            "{role} is not bound to aiopsd's ServiceAccount"
+        );
+    }
+    rules
+}
+
+/// Every Role/ClusterRole rule in deploy/base, with its effective namespace.
+fn deployed_rules() -> Vec<Rule> {
+    let base = root().join("deploy/base");
+    let kustomization = yaml_documents(&base.join("kustomization.yaml"))
+        .pop()
+        .expect("kustomization");
+    let namespace = kustomization["namespace"].as_str().map(str::to_string);
+    rules_in(&base, &strings(&kustomization, "resources"), namespace)
+}
+
+/// Every leader-election path: create, renew, read as a follower, release,
+/// take over, lose a race.
+async fn exercise_leader_election(kube: &FakeKube) {
+    use aiopsd::config::HumanDuration;
+    use aiopsd::leader::{Attempt, LeaderElectionConfig, LeaderElector};
+    let ms = |n| HumanDuration(Duration::from_millis(n));
+    let config = |identity: &str| LeaderElectionConfig {
+        enabled: true,
+        namespace: Some(NS.into()),
+        lease_name: LEASE.into(),
+        identity: Some(identity.into()),
+        lease_duration: ms(2000),
+        renew_deadline: ms(1000),
+        retry_period: ms(100),
+        api_url: Some(kube.url()),
+        ..LeaderElectionConfig::default()
+    };
+    let mut a = LeaderElector::connect(&config("replica-a"))
+        .await
+        .expect("elector");
+    let mut b = LeaderElector::connect(&config("replica-b"))
+        .await
+        .expect("elector");
+    assert_eq!(
+        a.try_acquire_or_renew().await.expect("create"),
+        Attempt::Leader
+    );
+    assert_eq!(
+        a.try_acquire_or_renew().await.expect("renew"),
+        Attempt::Leader
+    );
+    assert!(matches!(
+        b.try_acquire_or_renew().await.expect("read"),
+        Attempt::Follower { .. }
+    ));
+    a.release().await.expect("release");
+    assert_eq!(
+        b.try_acquire_or_renew().await.expect("take over"),
+        Attempt::Leader
+    );
+    kube.interpose_before_next_write("replica-z");
+    assert_eq!(
+        b.try_acquire_or_renew().await.expect("race"),
+        Attempt::LostRace
+    );
+    // The leader labels its own pod (the Service selects the label) and
+    // clears it when it stops leading.
+    kube.put(serde_json::json!({
+        "kind": "Pod",
+        "metadata": {"name": "replica-c", "namespace": NS, "labels": {"app": "aiopsd"}},
+        "spec": {"containers": [{"name": "aiopsd", "image": "aiopsd"}]},
+    }));
+    let c = LeaderElector::connect(&LeaderElectionConfig {
+        pod_name: Some("replica-c".into()),
+        ..config("replica-c")
+    })
+    .await
+    .expect("elector");
+    let label = c.pod_label().expect("a pod name gives a pod label");
+    label.set(true).await.expect("label");
+    assert_eq!(
+        kube.object("pods", NS, "replica-c").expect("pod")["metadata"]["labels"]
+            [aiopsd::leader::LEADER_LABEL],
+        "true"
+    );
+    label.set(false).await.expect("unlabel");
+    assert!(
+        kube.object("pods", NS, "replica-c").expect("pod")["metadata"]["labels"]
+            .get(aiopsd::leader::LEADER_LABEL)
+            .is_none()
+    );
+}
+
+/// Every executor and evidence path: observe, resolve each kind, scale
+/// (subresource and HPA), restart, evict, rollback, each revert, Events,
+/// and the evidence reader with node conditions.
+async fn exercise_remediation(kube: &FakeKube) {
+    use aiopsd::diagnose::evidence::EvidenceBundle;
+    use aiopsd::remediate::gather::gather_workload;
+    use aiopsd::remediate::kube::{client, KubeCluster};
+    use aiopsd::remediate::plan::{PlannedAction, WorkloadKind, WorkloadRef};
+
+    let ns = "shop";
+    kube.seed_deployment(ns, "web", 2, 2);
+    let pods = kube.seed_pods(ns, "web", 2);
+    kube.seed_deployment(ns, "api", 2, 1);
+    kube.seed_hpa(ns, "api", "Deployment", "api", 2, 6);
+    kube.seed_statefulset(ns, "db", 2);
+    kube.seed_daemonset(ns, "agent", 2);
+    kube.seed_node("node-a", &[("Ready", "True")]);
+    let c = client(Some(&kube.url())).await.expect("client");
+    let exec = KubeCluster::new(c.clone());
+    let target = |kind, name: &str| WorkloadRef {
+        namespace: ns.into(),
+        kind,
+        name: name.into(),
+    };
+    let web = target(WorkloadKind::Deployment, "web");
+    let api = target(WorkloadKind::Deployment, "api");
+    let db = target(WorkloadKind::StatefulSet, "db");
+    let agent = target(WorkloadKind::DaemonSet, "agent");
+
+    exec.observe(&web).await.expect("observe");
+    assert_eq!(
+        exec.resolve(ns, "db").await.expect("resolve"),
+        Some(db.clone())
+    );
+    assert_eq!(
+        exec.resolve(ns, "agent").await.expect("resolve"),
+        Some(agent.clone())
+    );
+    let plans = [
+        PlannedAction::Scale {
+            target: web.clone(),
+            from: 2,
+            to: 3,
+            via_hpa: false,
+        },
+        PlannedAction::Scale {
+            target: db.clone(),
+            from: 2,
+            to: 3,
+            via_hpa: false,
+        },
+        PlannedAction::Scale {
+            target: api.clone(),
+            from: 2,
+            to: 4,
+            via_hpa: true,
+        },
+        PlannedAction::Restart {
+            target: agent.clone(),
+            max_unavailable: 1,
+        },
+        PlannedAction::Restart {
+            target: db,
+            max_unavailable: 1,
+        },
+        PlannedAction::EvictPod {
+            target: web.clone(),
+            pod: pods[0].clone(),
+        },
+        PlannedAction::Rollback {
+            target: web.clone(),
+            from_revision: 2,
+            to_revision: 1,
+        },
+    ];
+    for (i, plan) in plans.iter().enumerate() {
+        let pre = exec.pre_state(plan).await.expect("pre-state");
+        exec.execute(&format!("rbac-{i}"), plan)
+            .await
+            .expect("execute");
+        if !matches!(plan, PlannedAction::EvictPod { .. }) {
+            exec.revert(&format!("rbac-{i}-revert"), &pre)
+                .await
+                .expect("revert");
+        }
+    }
+    assert!(
+        exec.record_event(&web, "ScaledUp", "rbac test", false)
+            .await
+    );
+    // The ConfigMap kill switch (absent: off) and the rollback candidate
+    // the gate checks.
+    assert!(!exec
+        .kill_switch(Some(NS), "aiopsd-kill-switch")
+        .await
+        .expect("kill switch readable"));
+    exec.rollback_candidate(&web).await.expect("candidate");
+    let mut bundle = EvidenceBundle::default();
+    let now = aiopsd::signal::now_ms();
+    gather_workload(&c, &web, now - 3_600_000, now, &mut bundle).await;
+    assert!(bundle.gaps.is_empty(), "{:?}", bundle.gaps);
+}
+
+#[tokio::test]
+async fn rbac_rules_cover_every_api_call_the_code_makes_and_nothing_more() {
+    aiopsd::install_crypto_provider();
+    let rules = deployed_rules();
+    assert!(!rules.is_empty(), "deploy/base has no RBAC rules");
+    let kube = FakeKube::start().await;
+    exercise_leader_election(&kube).await;
+    exercise_remediation(&kube).await;
+    let mut calls: BTreeSet<ApiCall> = kube.calls().into_iter().collect();
+    calls.extend(all_recorded_calls());
+    assert!(
+        calls.iter().any(|c| c.resource == "pods/eviction"),
+        "the remediation paths ran"
+    );
+
+    let mut uncovered = Vec::new();
+    for call in &calls {
+        if !rules.iter().any(|r| r.allows(call, &call.verb)) {
+            uncovered.push(format!("{call:?}"));
+        }
+    }
+    assert!(
+        uncovered.is_empty(),
+        "API calls no RBAC rule in deploy/base allows:\n{}",
+        uncovered.join("\n")
+    );
+
+    let mut unused = Vec::new();
+    for rule in &rules {
+        for verb in &rule.verbs {
+            for resource in &rule.resources {
+                let narrowed = Rule {
+                    resources: vec![resource.clone()],
+                    ..rule.clone()
+                };
+                if !calls
+                    .iter()
+                    .any(|c| &c.verb == verb && narrowed.allows(c, verb))
+                {
+                    unused.push(format!("{}: {verb} on {resource}", rule.source));
+                }
+            }
+        }
+        assert!(
+            !rule.verbs.iter().any(|v| v == "*")
+                && !rule.resources.iter().any(|v| v == "*")
+                && !rule.groups.iter().any(|v| v == "*"),
+            "{}: wildcards are never least privilege",
+            rule.source
+        );
+    }
+    assert!(
+        unused.is_empty(),
+        "RBAC grants verbs no code path uses:\n{}",
+        unused.join("\n")
+    );
+
+    // The names in the rules are the ones the shipped config uses.
+    let config = aiopsd::config::Config::from_yaml(
+        &read(&root().join("deploy/base/aiopsd.yaml")),
+        Path::new("deploy/base/aiopsd.yaml"),
+        vec![(
+            "AIOPSD_SERVER__API_TOKEN".to_string(),
+            "0123456789abcdef0123".to_string(),
+        )],
+    )
+    .expect("the deploy config is valid");
+    assert!(config.leader_election.enabled);
+    assert_eq!(config.leader_election.lease_name, LEASE);
+    let names: BTreeMap<_, _> = rules
+        .iter()
+        .map(|r| (r.source.clone(), r.names.clone()))
+        .collect();
+    assert!(
+        names
+            .values()
+            .flatten()
+            .all(|n| n == LEASE || n == "aiopsd-kill-switch"),
+        "resourceNames must be the configured lease or the kill-switch ConfigMap \
+         (remediation.kill_switch_configmap's default): {names:?}"
+    );
+    assert_eq!(
+        aiopsd::remediate::config::RemediationConfig::default()
+            .kill_switch_configmap
+            .as_deref(),
+        Some("aiopsd-kill-switch")
+    );
+}
+
+#[test]
+fn the_namespaced_component_grants_the_cluster_rules_minus_cluster_scoped_ones() {
+    let comparable = |rules: Vec<Rule>| -> BTreeSet<(String, String, String)> {
+        rules
+            .into_iter()
+            .flat_map(|r| {
+                let mut out = Vec::new();
+                for g in &r.groups {
+                    for res in &r.resources {
+                        for v in &r.verbs {
+                            out.push((g.clone(), res.clone(), v.clone()));
+                        }
+                    }
+                }
+                out
+            })
+            .collect()
+    };
+    let cluster = comparable(
+        deployed_rules()
+            .into_iter()
+            .filter(|r| r.source.starts_with("ClusterRole/aiopsd-remediation"))
+            .collect(),
+    );
+    assert!(!cluster.is_empty());
+    let dir = root().join("deploy/components/namespaced-rbac");
+    let namespaced = comparable(rules_in(
+        &dir,
+        &["role.yaml".to_string()],
+        Some("aiops".into()),
+    ));
+    let cluster_scoped = json!(["nodes"]);
+    let expected: BTreeSet<_> = cluster
+        .into_iter()
+        .filter(|(_, res, _)| {
+            !cluster_scoped
+                .as_array()
+                .is_some_and(|a| a.iter().any(|c| c == res))
+        })
+        .collect();
+    assert_eq!(namespaced, expected);
+    // The overlay uses the component and drops the ClusterRole.
+    let overlay = read(&root().join("deploy/overlays/namespaced/kustomization.yaml"));
+    assert!(overlay.contains("../../components/namespaced-rbac"));
+    let component = read(&dir.join("kustomization.yaml"));
+    assert!(component.contains("kind: ClusterRole\n") && component.contains("$patch: delete"));
 }

@@ -1,11 +1,10 @@
 //! Lease leader election driven through the real kube client against the
-//! wire-level fake API server (tests/support/fake_kube.rs), the `aiopsd run`
-//! binary with election on, and the RBAC test: deploy/'s rules cover every
-//! API call the code makes, and nothing more.
+//! wire-level fake API server (tests/support/fake_kube.rs), and the
+//! `aiopsd run` binary with election on. (The RBAC test that covers these
+//! calls with every other one lives in tests/deploy.rs.)
 
 mod support;
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
@@ -16,12 +15,11 @@ use serde_json::Value;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use support::fake_kube::{all_recorded_calls, ApiCall, FakeKube};
+use support::fake_kube::FakeKube;
 use support::fake_prometheus::{FakePrometheus, Point};
 use support::{free_port, within};
 
-/// Namespace and Lease name the deploy/ manifests use; the tests use the
-/// same so the RBAC comparison is about the real objects.
+/// Namespace and Lease name the deploy/ manifests use.
 const NS: &str = "aiopsd";
 const LEASE: &str = "aiopsd";
 
@@ -40,6 +38,7 @@ fn election(url: &str, identity: &str) -> LeaderElectionConfig {
         renew_deadline: ms(1000),
         retry_period: ms(100),
         api_url: Some(url.into()),
+        pod_name: None,
     }
 }
 
@@ -479,7 +478,7 @@ async fn fake_prometheus() -> FakePrometheus {
 }
 
 #[tokio::test]
-async fn a_standby_daemon_is_not_ready_and_polls_nothing_until_it_holds_the_lease() {
+async fn a_standby_daemon_is_ready_but_polls_nothing_until_it_holds_the_lease() {
     let dir = tempfile::tempdir().expect("temp dir");
     let kube = FakeKube::start().await;
     let prometheus = fake_prometheus().await;
@@ -487,13 +486,18 @@ async fn a_standby_daemon_is_not_ready_and_polls_nothing_until_it_holds_the_leas
     kube.put_lease(NS, LEASE, "aiopsd-other", 3600);
     let mut replica = Replica::start(dir.path(), "aiopsd-b", &kube, &prometheus.url());
 
+    // A standby is Ready (so PodDisruptionBudgets and rolling updates work
+    // as usual) and says it is a standby; the Service routes to the leader's
+    // labelled pod only.
     let body = replica
-        .wait_for("standby readiness", "/readyz", |status, _| status == 503)
+        .wait_for("standby readiness", "/readyz", |status, body| {
+            status == 200 && body.contains("standby")
+        })
         .await;
     let readiness: Value = serde_json::from_str(&body).expect("JSON");
-    assert_eq!(readiness["ready"], false);
+    assert_eq!(readiness["ready"], true);
     assert_eq!(
-        readiness["reasons"][0],
+        readiness["role"],
         aiopsd::daemon::STANDBY_REASON,
         "{readiness}"
     );
@@ -509,7 +513,9 @@ async fn a_standby_daemon_is_not_ready_and_polls_nothing_until_it_holds_the_leas
     // starts the pipeline and becomes ready.
     kube.put_lease(NS, LEASE, "", 1);
     replica
-        .wait_for("readiness as leader", "/readyz", |status, _| status == 200)
+        .wait_for("readiness as leader", "/readyz", |status, body| {
+            status == 200 && body.contains("\"role\":\"leader\"")
+        })
         .await;
     assert_eq!(kube.holder(NS, LEASE).as_deref(), Some("aiopsd-b"));
     assert!(prometheus.query_count() > 0);
@@ -533,7 +539,9 @@ async fn a_daemon_that_loses_the_lease_stops_and_exits_non_zero() {
     let prometheus = fake_prometheus().await;
     let mut replica = Replica::start(dir.path(), "aiopsd-a", &kube, &prometheus.url());
     replica
-        .wait_for("readiness as leader", "/readyz", |status, _| status == 200)
+        .wait_for("readiness as leader", "/readyz", |status, body| {
+            status == 200 && body.contains("\"role\":\"leader\"")
+        })
         .await;
     assert_eq!(kube.holder(NS, LEASE).as_deref(), Some("aiopsd-a"));
 
@@ -549,224 +557,4 @@ async fn a_daemon_that_loses_the_lease_stops_and_exits_non_zero() {
     );
     // It did not release someone else's lease on the way out.
     assert_eq!(kube.holder(NS, LEASE).as_deref(), Some("aiopsd-usurper"));
-}
-
-// ---------------------------------------------------------------------------
-// RBAC: what deploy/ grants == what the code calls.
-
-/// One RBAC rule: which verbs on which (group, resource, names).
-#[derive(Debug, Clone)]
-struct Rule {
-    source: String,
-    namespace: Option<String>,
-    groups: Vec<String>,
-    resources: Vec<String>,
-    names: Vec<String>,
-    verbs: Vec<String>,
-}
-
-impl Rule {
-    fn allows(&self, call: &ApiCall, verb: &str) -> bool {
-        let any = |list: &[String], v: &str| list.iter().any(|x| x == "*" || x == v);
-        (self.namespace.is_none() || self.namespace == call.namespace)
-            && any(&self.groups, &call.group)
-            && any(&self.resources, &call.resource)
-            && (self.names.is_empty()
-                || call
-                    .name
-                    .as_deref()
-                    .is_some_and(|n| self.names.iter().any(|x| x == n)))
-            && any(&self.verbs, verb)
-    }
-}
-
-fn strings(v: &Value, key: &str) -> Vec<String> {
-    v.get(key)
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(|s| s.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn yaml_documents(path: &Path) -> Vec<Value> {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_saphyr::from_multiple::<Value>(&text)
-        .unwrap_or_else(|e| panic!("{} is not valid YAML: {e}", path.display()))
-        .into_iter()
-        .filter(|d| !d.is_null())
-        .collect()
-}
-
-/// Every Role/ClusterRole rule in deploy/base, bound to aiopsd's
-/// ServiceAccount, with its effective namespace.
-fn deployed_rules() -> Vec<Rule> {
-    let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/base");
-    let kustomization = yaml_documents(&base.join("kustomization.yaml"))
-        .pop()
-        .expect("kustomization");
-    let namespace = kustomization["namespace"].as_str().map(str::to_string);
-    let mut rules = Vec::new();
-    let mut bound = BTreeSet::new();
-    for resource in strings(&kustomization, "resources") {
-        for doc in yaml_documents(&base.join(&resource)) {
-            let kind = doc["kind"].as_str().unwrap_or_default().to_string();
-            let name = doc["metadata"]["name"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string();
-            match kind.as_str() {
-                "Role" | "ClusterRole" => {
-                    let ns = if kind == "Role" {
-                        doc["metadata"]["namespace"]
-                            .as_str()
-                            .map(str::to_string)
-                            .or_else(|| namespace.clone())
-                    } else {
-                        None
-                    };
-                    for rule in doc["rules"].as_array().cloned().unwrap_or_default() {
-                        rules.push(Rule {
-                            source: format!("{kind}/{name} ({resource})"),
-                            namespace: ns.clone(),
-                            groups: strings(&rule, "apiGroups"),
-                            resources: strings(&rule, "resources"),
-                            names: strings(&rule, "resourceNames"),
-                            verbs: strings(&rule, "verbs"),
-                        });
-                    }
-                }
-                "RoleBinding" | "ClusterRoleBinding" => {
-                    let subjects = doc["subjects"].as_array().cloned().unwrap_or_default();
-                    assert!(
-                        subjects
-                            .iter()
-                            .all(|s| s["kind"] == "ServiceAccount" && s["name"] == "aiopsd"),
-                        "{kind}/{name} must bind only aiopsd's ServiceAccount"
-                    );
-                    bound.insert(format!(
-                        "{}/{}",
-                        doc["roleRef"]["kind"].as_str().unwrap_or_default(),
-                        doc["roleRef"]["name"].as_str().unwrap_or_default()
-                    ));
-                }
-                _ => {}
-            }
-        }
-    }
-    for rule in &rules {
-        let role = rule.source.split(' ').next().unwrap_or_default();
-        assert!(
-            bound.contains(role),
-            "{role} is not bound to aiopsd's ServiceAccount"
-        );
-    }
-    rules
-}
-
-/// Every code path that talks to the API: create, renew, take-over after
-/// expiry, both races, release.
-async fn exercise_every_api_path(kube: &FakeKube) {
-    let mut a = elector(kube, "replica-a").await;
-    let mut b = elector(kube, "replica-b").await;
-    assert_eq!(
-        a.try_acquire_or_renew().await.expect("create"),
-        Attempt::Leader
-    );
-    assert_eq!(
-        a.try_acquire_or_renew().await.expect("renew"),
-        Attempt::Leader
-    );
-    assert!(matches!(
-        b.try_acquire_or_renew().await.expect("read"),
-        Attempt::Follower { .. }
-    ));
-    a.release().await.expect("release");
-    assert_eq!(
-        b.try_acquire_or_renew().await.expect("take over"),
-        Attempt::Leader
-    );
-    kube.interpose_before_next_write("replica-z");
-    assert_eq!(
-        b.try_acquire_or_renew().await.expect("race"),
-        Attempt::LostRace
-    );
-}
-
-#[tokio::test]
-async fn rbac_rules_cover_every_api_call_the_code_makes_and_nothing_more() {
-    let rules = deployed_rules();
-    assert!(!rules.is_empty(), "deploy/base has no RBAC rules");
-    let kube = FakeKube::start().await;
-    exercise_every_api_path(&kube).await;
-    // Plus whatever the other tests of this binary recorded so far (the
-    // daemon runs, the races): more calls can only make the test stricter.
-    let mut calls: BTreeSet<ApiCall> = kube.calls().into_iter().collect();
-    calls.extend(all_recorded_calls());
-
-    let mut uncovered = Vec::new();
-    for call in &calls {
-        if !rules.iter().any(|r| r.allows(call, &call.verb)) {
-            uncovered.push(format!("{call:?}"));
-        }
-    }
-    assert!(
-        uncovered.is_empty(),
-        "API calls no RBAC rule in deploy/base allows:\n{}",
-        uncovered.join("\n")
-    );
-
-    let mut unused = Vec::new();
-    for rule in &rules {
-        for verb in &rule.verbs {
-            if !calls
-                .iter()
-                .any(|c| &c.verb == verb && rule.allows(c, verb))
-            {
-                unused.push(format!("{}: {verb} on {:?}", rule.source, rule.resources));
-            }
-        }
-        assert!(
-            !rule.verbs.iter().any(|v| v == "*")
-                && !rule.resources.iter().any(|v| v == "*")
-                && !rule.groups.iter().any(|v| v == "*"),
-            "{}: wildcards are never least privilege",
-            rule.source
-        );
-    }
-    assert!(
-        unused.is_empty(),
-        "RBAC grants verbs no code path uses:\n{}",
-        unused.join("\n")
-    );
-
-    // The names in the rules are the ones the shipped config uses.
-    let config_text = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/base/aiopsd.yaml"),
-    )
-    .expect("deploy/base/aiopsd.yaml");
-    let config = aiopsd::config::Config::from_yaml(
-        &config_text,
-        Path::new("deploy/base/aiopsd.yaml"),
-        vec![(
-            "AIOPSD_SERVER__API_TOKEN".to_string(),
-            "0123456789abcdef0123".to_string(),
-        )],
-    )
-    .expect("the deploy config is valid");
-    assert!(
-        config.leader_election.enabled,
-        "deploy/base runs 2 replicas: election must be on"
-    );
-    assert_eq!(config.leader_election.lease_name, LEASE);
-    let names: BTreeMap<_, _> = rules
-        .iter()
-        .map(|r| (r.source.clone(), r.names.clone()))
-        .collect();
-    assert!(
-        names.values().flatten().all(|n| n == LEASE),
-        "resourceNames must be the configured lease: {names:?}"
-    );
 }

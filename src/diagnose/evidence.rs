@@ -243,6 +243,27 @@ pub enum EvidenceDetail {
         /// Expected time of the crossing.
         breach_at: Option<TimestampMs>,
     },
+    /// A flagged series that moved *steadily* over its evidence window (a
+    /// straight line fits it better than a single step): how a leak looks,
+    /// as opposed to a jump that came with traffic. Source `Metric`.
+    Trend {
+        /// Signal (config name).
+        signal: String,
+        /// Series labels.
+        labels: BTreeMap<String, String>,
+        /// What it measures.
+        kind: MetricKind,
+        /// Which way it moved.
+        movement: Movement,
+        /// First sample of the fitted window.
+        from: TimestampMs,
+        /// Last sample of the fitted window.
+        to: TimestampMs,
+        /// Fitted change per hour, in the series' unit.
+        slope_per_hour: f64,
+        /// Goodness of the straight-line fit (R²), in [0, 1].
+        r2: f64,
+    },
 }
 
 /// One checkable fact.

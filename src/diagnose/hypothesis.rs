@@ -77,6 +77,11 @@ pub struct Diagnosis {
     /// or why it was discarded (`invalid JSON`, `unknown evidence id m9`,
     /// `timeout`, `budget exhausted`...).
     pub llm_status: Option<String>,
+    /// The evidence the hypotheses cite (by id), kept with them so the
+    /// report and the UI show exactly what was weighed. `serde(default)`:
+    /// absent in diagnoses stored before it existed.
+    #[serde(default)]
+    pub evidence: super::evidence::EvidenceBundle,
 }
 
 impl Diagnosis {

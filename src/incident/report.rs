@@ -13,6 +13,8 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use super::{AlertStatus, Incident, IncidentState, SignalEvidence};
+use crate::publish::approvals::PendingAction;
+use crate::remediate::record::DecisionOutcome;
 use crate::signal::{format_ts, TimestampMs};
 
 /// Widest sparkline, in characters; longer evidence is bucketed.
@@ -24,13 +26,28 @@ const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█']
 /// Renders `incident` as a Markdown report; `now` (wall clock) says how
 /// long an open incident has lasted so far.
 pub fn render_markdown(incident: &Incident, now: TimestampMs) -> String {
+    render_markdown_with_actions(incident, &[], now)
+}
+
+/// The report including what remediation did with each action of the
+/// incident (`Store::actions_for_incident`): state, pre-state, outcome.
+pub fn render_markdown_with_actions(
+    incident: &Incident,
+    actions: &[PendingAction],
+    now: TimestampMs,
+) -> String {
     let mut out = String::new();
     // Writing to a String cannot fail; the Results below are infallible.
-    let _ = write_report(&mut out, incident, now);
+    let _ = write_report(&mut out, incident, actions, now);
     out
 }
 
-fn write_report(out: &mut String, incident: &Incident, now: TimestampMs) -> std::fmt::Result {
+fn write_report(
+    out: &mut String,
+    incident: &Incident,
+    actions: &[PendingAction],
+    now: TimestampMs,
+) -> std::fmt::Result {
     let subject = one_line(&incident.subject());
     let headline = incident.headline();
 
@@ -93,6 +110,15 @@ fn write_report(out: &mut String, incident: &Incident, now: TimestampMs) -> std:
         )?,
     }
     writeln!(out)?;
+
+    // Diagnosis: ranked hypotheses with the evidence they cite.
+    if let Some(diagnosis) = &incident.diagnosis {
+        let section = crate::diagnose::render::render_markdown(diagnosis, &diagnosis.evidence);
+        out.push_str(&section);
+        if !section.ends_with("\n\n") {
+            writeln!(out)?;
+        }
+    }
 
     // Signals.
     if !incident.signals.is_empty() {
@@ -165,17 +191,76 @@ fn write_report(out: &mut String, incident: &Incident, now: TimestampMs) -> std:
              anomalies detected for the same group, into this incident."
         )?;
     }
-    writeln!(
-        out,
-        "- Detection and grouping only — no remediation policy is configured; \
-         nothing was changed in the cluster."
-    )?;
+    write_remediation(out, incident, actions)?;
     writeln!(out)?;
 
     // Next steps.
     writeln!(out, "## Next steps")?;
     writeln!(out)?;
     write_next_steps(out, incident)?;
+    Ok(())
+}
+
+/// The policy gate's decisions and what became of their actions, or the
+/// honest "nothing was changed" when there were none.
+fn write_remediation(
+    out: &mut String,
+    incident: &Incident,
+    actions: &[PendingAction],
+) -> std::fmt::Result {
+    if incident.decisions.is_empty() {
+        return writeln!(
+            out,
+            "- No policy decision was made (remediation is off, or the incident ended \
+             first); nothing was changed in the cluster."
+        );
+    }
+    for d in &incident.decisions {
+        let what = match (&d.action, d.outcome) {
+            (Some(a), DecisionOutcome::Execute) => format!("allowed: {}", a.describe()),
+            (Some(a), DecisionOutcome::DryRun) => {
+                format!("dry run — would {} (nothing changed)", a.describe())
+            }
+            (Some(a), DecisionOutcome::NeedsApproval) => {
+                format!("needs a person's approval: {}", a.describe())
+            }
+            _ => "refused — no action".to_string(),
+        };
+        writeln!(
+            out,
+            "- Policy decision at {} by rule {} (proposed by {}): {what}.",
+            format_ts(d.at),
+            code(&d.rule),
+            d.proposed_by
+        )?;
+        for reason in &d.reasons {
+            writeln!(out, "  - {}", one_line(reason))?;
+        }
+        let Some(action) = d
+            .action_id
+            .and_then(|id| actions.iter().find(|a| a.id == id))
+        else {
+            continue;
+        };
+        let Some(exec) = &action.execution else {
+            continue;
+        };
+        writeln!(
+            out,
+            "  - Action {} ({}): **{}**{}",
+            action.id,
+            action.state.as_str(),
+            exec.state.as_str(),
+            exec.message
+                .as_deref()
+                .map(|m| format!(" — {}", one_line(m)))
+                .unwrap_or_default()
+        )?;
+        if let Some(pre) = &exec.pre_state {
+            let pre = serde_json::to_string(pre).unwrap_or_default();
+            writeln!(out, "  - Pre-state (restored by a revert): {}", code(&pre))?;
+        }
+    }
     Ok(())
 }
 

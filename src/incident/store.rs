@@ -232,6 +232,8 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE pending_actions ADD COLUMN finished_at  INTEGER;
     ALTER TABLE pending_actions ADD COLUMN target       TEXT;
     ALTER TABLE pending_actions ADD COLUMN pods_touched INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE pending_actions ADD COLUMN revert_requested_by TEXT;
+    ALTER TABLE pending_actions ADD COLUMN revert_reason       TEXT;
     CREATE INDEX pending_actions_by_exec ON pending_actions (exec_state, id);
     CREATE INDEX pending_actions_by_target ON pending_actions (target, requested_at);
 
@@ -248,6 +250,18 @@ const MIGRATIONS: &[&str] = &[
         at          INTEGER NOT NULL,
         detail      TEXT    NOT NULL
     );
+
+    -- People's verdicts on incidents (noise / expected / real), newest
+    -- last; a later verdict supersedes an earlier one.
+    CREATE TABLE incident_verdicts (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        incident_id INTEGER NOT NULL REFERENCES incidents (id),
+        verdict     TEXT    NOT NULL,
+        by_whom     TEXT    NOT NULL,
+        reason      TEXT    NOT NULL,
+        at          INTEGER NOT NULL
+    );
+    CREATE INDEX incident_verdicts_by_incident ON incident_verdicts (incident_id, id);
 
     -- Operator switches that must survive a restart (the kill switch).
     CREATE TABLE settings (
@@ -640,6 +654,23 @@ impl Store {
             })
     }
 
+    /// Every signal's cursor: how far each has been read (data time). The
+    /// remediation stage's clock and verification read them.
+    pub fn cursors(&self) -> Result<Vec<(String, TimestampMs)>, StoreError> {
+        let query = |source| StoreError::Query {
+            what: "cursors",
+            source,
+        };
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare_cached("SELECT signal, until_ms FROM poll_cursors ORDER BY signal")
+            .map_err(query)?;
+        let rows = stmt
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+            .map_err(query)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(query)
+    }
+
     /// Records that `signal` has been read up to `until`.
     ///
     /// The cursor only moves forward: a late or replayed batch with an
@@ -724,9 +755,50 @@ fn write_incident(
         source,
     };
     let mut new_entries = Vec::new();
-    let id: IncidentId = tx
-        .query_row(
-            "INSERT INTO incidents (group_key, cluster, state, severity, service, namespace,
+    // A stored incident is updated by id: an INSERT .. ON CONFLICT would
+    // consume a value of the AUTOINCREMENT sequence on every save, and ids
+    // appear in URLs and notifications.
+    let known = incident.id.or(merged.as_ref().and_then(|m| m.id));
+    let updated = match known {
+        Some(id) => tx
+            .execute(
+                "UPDATE incidents SET cluster = ?2, state = ?3, severity = ?4, service = ?5,
+                        namespace = ?6, last_anomaly_at = ?7, resolved_at = ?8,
+                        anomaly_count = ?9, detail = ?10
+                  WHERE id = ?1 AND group_key = ?11 AND opened_at = ?12",
+                params![
+                    id,
+                    incident.cluster,
+                    incident.state.as_str(),
+                    incident.severity.as_str(),
+                    incident.group_label("service"),
+                    incident.group_label("namespace"),
+                    incident.last_anomaly_at,
+                    incident.resolved_at,
+                    i64::try_from(incident.anomaly_count).unwrap_or(i64::MAX),
+                    detail,
+                    group_key,
+                    incident.opened_at,
+                ],
+            )
+            .map_err(|source| {
+                if is_unique_violation(&source) {
+                    StoreError::AlreadyOpen {
+                        group_key: group_key.clone(),
+                    }
+                } else {
+                    write(source)
+                }
+            })?
+            .eq(&1)
+            .then_some(id),
+        None => None,
+    };
+    let id: IncidentId = match updated {
+        Some(id) => id,
+        None => tx
+            .query_row(
+                "INSERT INTO incidents (group_key, cluster, state, severity, service, namespace,
                                     opened_at, last_anomaly_at, resolved_at, anomaly_count, detail)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
              ON CONFLICT (group_key, opened_at) DO UPDATE SET
@@ -740,31 +812,32 @@ fn write_incident(
                  anomaly_count = excluded.anomaly_count,
                  detail = excluded.detail
              RETURNING id",
-            params![
-                group_key,
-                incident.cluster,
-                incident.state.as_str(),
-                incident.severity.as_str(),
-                incident.group_label("service"),
-                incident.group_label("namespace"),
-                incident.opened_at,
-                incident.last_anomaly_at,
-                incident.resolved_at,
-                // SQLite integers are i64; a count past i64::MAX is not a real case.
-                i64::try_from(incident.anomaly_count).unwrap_or(i64::MAX),
-                detail,
-            ],
-            |row| row.get(0),
-        )
-        .map_err(|source| {
-            if is_unique_violation(&source) {
-                StoreError::AlreadyOpen {
-                    group_key: group_key.clone(),
+                params![
+                    group_key,
+                    incident.cluster,
+                    incident.state.as_str(),
+                    incident.severity.as_str(),
+                    incident.group_label("service"),
+                    incident.group_label("namespace"),
+                    incident.opened_at,
+                    incident.last_anomaly_at,
+                    incident.resolved_at,
+                    // SQLite integers are i64; a count past i64::MAX is not a real case.
+                    i64::try_from(incident.anomaly_count).unwrap_or(i64::MAX),
+                    detail,
+                ],
+                |row| row.get(0),
+            )
+            .map_err(|source| {
+                if is_unique_violation(&source) {
+                    StoreError::AlreadyOpen {
+                        group_key: group_key.clone(),
+                    }
+                } else {
+                    write(source)
                 }
-            } else {
-                write(source)
-            }
-        })?;
+            })?,
+    };
     {
         let mut insert = tx
             .prepare_cached(

@@ -35,7 +35,7 @@ pub(super) const ACTION_COLUMNS: &str =
     "id, incident_id, description, detail, requested_at, expires_at, \
      state, decided_by, reason, decided_at, channel, \
      rule, mode, proposed_by, plan, pre_state, exec_state, exec_message, \
-     executed_at, verify_from, finished_at";
+     executed_at, verify_from, finished_at, revert_requested_by, revert_reason";
 
 impl Store {
     /// Declares the sinks that take events from the outbox, with their

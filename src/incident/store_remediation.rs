@@ -328,6 +328,56 @@ impl Store {
         )
     }
 
+    /// Asks for an executed action to be undone (the remediation stage,
+    /// which holds the cluster client and runs only on the leader, carries
+    /// it out). `Ok(Err(why))` when it cannot be: unknown, never executed,
+    /// already reverted, or irreversible.
+    pub fn request_revert(
+        &self,
+        id: ActionId,
+        by: &str,
+        reason: &str,
+    ) -> Result<Result<PendingAction, String>, StoreError> {
+        let write = write_err("revert request");
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(write)?;
+        let Some(action) = load_action(&tx, id)? else {
+            return Ok(Err(format!("there is no action {id}")));
+        };
+        let Some(exec) = &action.execution else {
+            return Ok(Err(format!("action {id} was not run by remediation")));
+        };
+        if !matches!(
+            exec.state,
+            ExecState::Executed | ExecState::Verified | ExecState::Failed
+        ) {
+            return Ok(Err(format!(
+                "action {id} is {}; only an executed action can be reverted",
+                exec.state.as_str()
+            )));
+        }
+        match &exec.pre_state {
+            None => return Ok(Err(format!("action {id} has no recorded pre-state"))),
+            Some(PreState::Irreversible { why, .. }) => {
+                return Ok(Err(format!("action {id} cannot be reverted: {why}")))
+            }
+            Some(_) => {}
+        }
+        if let Some(by) = &exec.revert_requested_by {
+            return Ok(Err(format!(
+                "a revert of action {id} was already requested by {by}"
+            )));
+        }
+        tx.execute(
+            "UPDATE pending_actions SET revert_requested_by = ?2, revert_reason = ?3 WHERE id = ?1",
+            params![id, by, reason],
+        )
+        .map_err(write)?;
+        let action = load_action(&tx, id)?.unwrap_or(action);
+        tx.commit().map_err(write)?;
+        Ok(Ok(action))
+    }
+
     /// Marks a planned action that will never run (approval denied or
     /// expired, incident resolved first). No event: the approval flow
     /// already announced the denial or expiry.
@@ -471,6 +521,23 @@ impl Store {
         rows.collect::<Result<Vec<_>, _>>().map_err(query)
     }
 
+    /// Every action of an incident, oldest first (for its report).
+    pub fn actions_for_incident(
+        &self,
+        incident_id: IncidentId,
+    ) -> Result<Vec<PendingAction>, StoreError> {
+        let query = query_err("actions of an incident");
+        let conn = self.lock();
+        let sql = format!(
+            "SELECT {ACTION_COLUMNS} FROM pending_actions WHERE incident_id = ?1 ORDER BY id"
+        );
+        let mut stmt = conn.prepare_cached(&sql).map_err(&query)?;
+        let rows = stmt
+            .query_map(params![incident_id], read_action)
+            .map_err(&query)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(query)
+    }
+
     /// Actions the gate decided since `since` (wall ms), for cooldowns and
     /// rate limits: read from the store so they survive a restart.
     pub fn actions_since(&self, since: TimestampMs) -> Result<Vec<PendingAction>, StoreError> {
@@ -485,6 +552,58 @@ impl Store {
             .query_map(params![since], read_action)
             .map_err(&query)?;
         rows.collect::<Result<Vec<_>, _>>().map_err(query)
+    }
+
+    /// Records a person's verdict on an incident (`noise`, `expected` or
+    /// `real`) and a `verdict` line on its timeline, in one transaction.
+    /// A later verdict supersedes an earlier one; all are kept.
+    pub fn record_verdict(
+        &self,
+        incident_id: IncidentId,
+        verdict: &str,
+        by: &str,
+        reason: &str,
+        now: TimestampMs,
+    ) -> Result<(), StoreError> {
+        let write = write_err("verdict");
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(write)?;
+        incident_cluster(&tx, incident_id)?
+            .ok_or(StoreError::UnknownIncident { id: incident_id })?;
+        tx.execute(
+            "INSERT INTO incident_verdicts (incident_id, verdict, by_whom, reason, at)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![incident_id, verdict, by, reason, now],
+        )
+        .map_err(write)?;
+        tx.execute(
+            "INSERT OR IGNORE INTO incident_events (incident_id, at, kind, message)
+             VALUES (?1, ?2, 'verdict', ?3)",
+            params![
+                incident_id,
+                now,
+                format!("Marked as {verdict} by {by}: {reason}")
+            ],
+        )
+        .map_err(write)?;
+        tx.commit().map_err(write)?;
+        Ok(())
+    }
+
+    /// The latest verdict on an incident: `(verdict, by, reason, at)`.
+    pub fn latest_verdict(
+        &self,
+        incident_id: IncidentId,
+    ) -> Result<Option<(String, String, String, TimestampMs)>, StoreError> {
+        self.lock()
+            .query_row(
+                "SELECT verdict, by_whom, reason, at FROM incident_verdicts
+                  WHERE incident_id = ?1 ORDER BY id DESC LIMIT 1",
+                params![incident_id],
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
+            )
+            .optional()
+            .map_err(query_err("verdict"))
     }
 
     /// Sets an operator setting (e.g. the kill switch), with who and why.
@@ -559,6 +678,8 @@ pub(super) fn read_execution(
         executed_at: row.get(first + 7)?,
         verify_from: row.get(first + 8)?,
         finished_at: row.get(first + 9)?,
+        revert_requested_by: text(10)?,
+        revert_reason: text(11)?,
     }))
 }
 

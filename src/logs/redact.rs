@@ -8,9 +8,11 @@
 //! hides a word from a report, a false negative leaks a credential.
 
 use std::borrow::Cow;
+use std::net::Ipv6Addr;
 use std::sync::LazyLock;
 
-use regex::Regex;
+use regex::{Captures, Regex};
+use serde::{Deserialize, Serialize};
 
 /// What replaces a secret value.
 pub const REDACTED: &str = "<redacted>";
@@ -32,7 +34,9 @@ struct Rule {
 /// - PEM private key blocks.
 /// - Token shapes recognisable without a key: JWTs, AWS access key ids,
 ///   GitHub, Slack and OpenAI-style tokens.
-/// - E-mail addresses (personal data).
+///
+/// E-mail addresses are [`RedactionKind::Emails`], applied after these by
+/// [`redact_secrets`] and on request by [`redact`].
 static RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
     let rules: &[(&str, &'static str)] = &[
         (
@@ -58,7 +62,6 @@ static RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
         ),
         (r"\bxox[abprs]-[A-Za-z0-9-]{10,}", "<redacted>"),
         (r"\bsk-[A-Za-z0-9_-]{20,}", "<redacted>"),
-        (r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}", "<email>"),
     ];
     rules
         .iter()
@@ -70,18 +73,111 @@ static RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
         .collect()
 });
 
+/// Personal data that [`redact`] removes on request, on top of the secrets
+/// it always removes. Credentials are never optional; whether an address
+/// may leave the cluster (to an LLM endpoint, say) is the operator's call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RedactionKind {
+    /// E-mail addresses, replaced by `<email>`.
+    Emails,
+    /// Dotted-quad IPv4 addresses, replaced by `<ipv4>`.
+    Ipv4,
+    /// IPv6 addresses (any form `std::net::Ipv6Addr` parses, including
+    /// `::` compression and an embedded IPv4 tail), replaced by `<ipv6>`.
+    Ipv6,
+}
+
+static EMAIL: LazyLock<Option<Regex>> =
+    LazyLock::new(|| Regex::new(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}").ok());
+
+static IPV4: LazyLock<Option<Regex>> = LazyLock::new(|| {
+    Regex::new(r"\b(?:(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])\.){3}(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])\b").ok()
+});
+
+/// Candidates for IPv6: whole runs of word characters, colons, dots and
+/// `%` with at least two colons. Times (`10:32:07`), MACs and Rust paths
+/// (`Error::new`) match too, so each candidate is confirmed by
+/// `Ipv6Addr`'s parser — a regex for every IPv6 form is unreadable, the
+/// parser is exact. Taking the whole run keeps `Error::new` from being
+/// read as `Error` + `::` + `new`.
+static IPV6_CANDIDATE: LazyLock<Option<Regex>> =
+    LazyLock::new(|| Regex::new(r"[0-9A-Za-z_:.%]*:[0-9A-Za-z_:.%]*:[0-9A-Za-z_:.%]*").ok());
+
 /// Replaces secrets in `line` (the rules are `RULES` in this module's
-/// source) and returns the line, borrowed unchanged when nothing matched.
+/// source) and e-mail addresses, and returns the line, borrowed unchanged
+/// when nothing matched.
 ///
 /// Use on every log line before it is stored or shown as evidence.
 pub fn redact_secrets(line: &str) -> Cow<'_, str> {
+    redact(line, &[RedactionKind::Emails])
+}
+
+/// Replaces secrets in `line` (always) and the personal data in `kinds`,
+/// and returns the line, borrowed unchanged when nothing matched.
+///
+/// The LLM prompt uses this with the operator's `llm.redact` list; IP
+/// addresses are opt-in because they are often the very evidence a person
+/// needs in a report kept inside the cluster.
+pub fn redact<'a>(line: &'a str, kinds: &[RedactionKind]) -> Cow<'a, str> {
     let mut out = Cow::Borrowed(line);
     for rule in RULES.iter() {
-        if let Cow::Owned(s) = rule.re.replace_all(&out, rule.replacement) {
-            out = Cow::Owned(s);
+        apply(&mut out, &rule.re, rule.replacement);
+    }
+    // Fixed order whatever the list's order: IPv6 before IPv4, so an
+    // IPv4-mapped address (`::ffff:10.0.0.1`) goes as a whole.
+    for kind in [
+        RedactionKind::Emails,
+        RedactionKind::Ipv6,
+        RedactionKind::Ipv4,
+    ] {
+        if !kinds.contains(&kind) {
+            continue;
+        }
+        match kind {
+            RedactionKind::Emails => {
+                if let Some(re) = EMAIL.as_ref() {
+                    apply(&mut out, re, "<email>");
+                }
+            }
+            RedactionKind::Ipv4 => {
+                if let Some(re) = IPV4.as_ref() {
+                    apply(&mut out, re, "<ipv4>");
+                }
+            }
+            RedactionKind::Ipv6 => {
+                if let Some(re) = IPV6_CANDIDATE.as_ref() {
+                    apply(&mut out, re, replace_ipv6);
+                }
+            }
         }
     }
     out
+}
+
+/// Replaces every match of `re` in `out`, keeping `out` borrowed when
+/// nothing matched.
+fn apply(out: &mut Cow<'_, str>, re: &Regex, replacement: impl regex::Replacer) {
+    if let Cow::Owned(s) = re.replace_all(out, replacement) {
+        *out = Cow::Owned(s);
+    }
+}
+
+/// `<ipv6>` for a candidate that parses as an IPv6 address once trailing
+/// punctuation (`addr 2001:db8::1: refused`, `…::1.`) and a zone
+/// (`fe80::1%eth0`) are set aside; the candidate unchanged otherwise.
+/// A bare `::` (as in `a :: b`) is not taken for the unspecified address.
+fn replace_ipv6(caps: &Captures<'_>) -> String {
+    let whole = &caps[0];
+    let trimmed = whole.trim_end_matches([':', '.']);
+    let core = trimmed.split('%').next().unwrap_or(trimmed);
+    let tail = &whole[core.len()..];
+    let has_digit = core.bytes().any(|b| b.is_ascii_hexdigit());
+    if has_digit && core.parse::<Ipv6Addr>().is_ok() {
+        format!("<ipv6>{tail}")
+    } else {
+        whole.to_string()
+    }
 }
 
 #[cfg(test)]
@@ -140,6 +236,40 @@ mod tests {
         assert_eq!(
             r("mail to jane.doe+x@example.co.uk failed"),
             "mail to <email> failed"
+        );
+    }
+
+    #[test]
+    fn ip_addresses_only_when_asked() {
+        let line = "conn from 10.1.2.3 and [2001:db8::7]:443 at 10:32:07, ::ffff:192.168.0.1 ok";
+        assert_eq!(redact_secrets(line), line);
+        assert_eq!(
+            redact(line, &[RedactionKind::Ipv4]),
+            "conn from <ipv4> and [2001:db8::7]:443 at 10:32:07, ::ffff:<ipv4> ok"
+        );
+        assert_eq!(
+            redact(line, &[RedactionKind::Ipv4, RedactionKind::Ipv6]),
+            "conn from <ipv4> and [<ipv6>]:443 at 10:32:07, <ipv6> ok"
+        );
+        assert_eq!(
+            redact(
+                "peer fe80::1%eth0: reset; version 1.2.300.4 in Error::new a :: b",
+                &[RedactionKind::Ipv6, RedactionKind::Ipv4]
+            ),
+            "peer <ipv6>%eth0: reset; version 1.2.300.4 in Error::new a :: b"
+        );
+    }
+
+    #[test]
+    fn emails_are_an_opt_in_kind_but_secrets_are_not() {
+        let line = "user jane@example.com password=hunter2";
+        assert_eq!(
+            redact(line, &[]),
+            "user jane@example.com password=<redacted>"
+        );
+        assert_eq!(
+            redact(line, &[RedactionKind::Emails]),
+            "user <email> password=<redacted>"
         );
     }
 

@@ -136,4 +136,8 @@ pub struct Execution {
     pub verify_from: Option<TimestampMs>,
     /// Wall time it reached a final state.
     pub finished_at: Option<TimestampMs>,
+    /// Who asked for a revert (API or `aiopsd action revert`), if anyone.
+    pub revert_requested_by: Option<String>,
+    /// Why they asked.
+    pub revert_reason: Option<String>,
 }

@@ -222,6 +222,7 @@ mod tests {
             alertmanager: crate::config::AlertmanagerConfig::default(),
             alert_tx: None,
             config_silences: Default::default(),
+            remediation: Default::default(),
         };
         (state, ids)
     }

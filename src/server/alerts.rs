@@ -341,6 +341,7 @@ mod tests {
             },
             alert_tx: Some(tx),
             config_silences: Default::default(),
+            remediation: Default::default(),
         };
         (state, rx)
     }

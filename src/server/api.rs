@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::error::ApiError;
 use super::{parse_id, with_store, AppState};
-use crate::incident::report::render_markdown;
+use crate::incident::report::render_markdown_with_actions;
 use crate::incident::{Incident, IncidentFilter, IncidentId, IncidentState, Severity};
 use crate::signal::{format_ts, now_ms, TimestampMs};
 
@@ -235,9 +235,13 @@ pub(super) async fn get_report(
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     let incident = find(&state, &id).await?;
+    let actions = match incident.id {
+        Some(id) => with_store(&state.store, move |s| s.actions_for_incident(id)).await?,
+        None => Vec::new(),
+    };
     Ok((
         [(header::CONTENT_TYPE, "text/markdown; charset=utf-8")],
-        render_markdown(&incident, now_ms()),
+        render_markdown_with_actions(&incident, &actions, now_ms()),
     ))
 }
 

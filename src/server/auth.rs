@@ -114,7 +114,7 @@ fn basic_credentials(value: &str) -> Option<(String, String)> {
 
 /// The token of an `Authorization: Bearer <token>` value; the scheme is
 /// case-insensitive (RFC 7235 §2.1).
-fn bearer_token(value: &str) -> Option<&str> {
+pub(crate) fn bearer_token(value: &str) -> Option<&str> {
     let (scheme, token) = value.trim().split_once(' ')?;
     let token = token.trim_start();
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
@@ -123,7 +123,7 @@ fn bearer_token(value: &str) -> Option<&str> {
 /// Compares a presented token with the expected one in time that depends
 /// only on the expected token's length, so response timing does not tell
 /// an attacker how many leading bytes they got right.
-fn constant_time_eq(presented: &[u8], expected: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(presented: &[u8], expected: &[u8]) -> bool {
     let mut diff = u8::from(presented.len() != expected.len());
     for (i, e) in expected.iter().enumerate() {
         let p = presented.get(i).copied().unwrap_or(0);

@@ -20,16 +20,18 @@
 //! | `GET /metrics` | none | aiopsd's own metrics (OpenMetrics) |
 //! | `GET /healthz` | none | `ok` while the process serves HTTP |
 //! | `GET /readyz` | none | 200, or 503 with every reason it is not ready |
+//! | `GET /`, `/ui/...` | session or token | the web UI (see [`crate::ui`]) |
 //!
 //! Errors are JSON `{"error": "..."}` (see [`ApiError`]).
 
 mod actions;
 mod alerts;
 mod api;
-mod auth;
+pub(crate) mod auth;
 mod error;
 mod noise;
 mod probes;
+mod remediation;
 
 pub use error::ApiError;
 
@@ -72,6 +74,9 @@ pub struct AppState {
     /// Silences from `noise.silences`, listed with the API ones by
     /// `GET /api/v1/silences` (the incident stage applies both).
     pub config_silences: Arc<[crate::incident::noise::Silence]>,
+    /// Remediation settings (the config kill switch and its ConfigMap,
+    /// shown by `GET /api/v1/remediation/kill-switch`).
+    pub remediation: crate::remediate::config::RemediationConfig,
 }
 
 /// Builds the application: every route, the token check on `/api/*`, and
@@ -80,6 +85,17 @@ pub struct AppState {
 /// A request that takes longer than `request_timeout` gets 503, as the
 /// `server.request_timeout` docs promise.
 pub fn router(state: AppState, request_timeout: Duration) -> Router {
+    router_with_ui(state, crate::ui::UiSettings::default(), request_timeout)
+}
+
+/// [`router`] with the web UI's own settings (viewer token, policy view,
+/// verdict and revert hooks); the UI (`/ui/`, see [`crate::ui`]) is
+/// mounted either way.
+pub fn router_with_ui(
+    state: AppState,
+    ui: crate::ui::UiSettings,
+    request_timeout: Duration,
+) -> Router {
     let api = Router::new()
         .route(api::INCIDENTS_PATH, get(api::list_incidents))
         .route(
@@ -113,6 +129,14 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
             &format!("{}/{{id}}/deny", actions::ACTIONS_PATH),
             post(actions::deny),
         )
+        .route(
+            &format!("{}/{{id}}/revert", actions::ACTIONS_PATH),
+            post(remediation::revert),
+        )
+        .route(
+            remediation::KILL_SWITCH_PATH,
+            get(remediation::get_kill_switch).put(remediation::put_kill_switch),
+        )
         // route_layer: the check runs only on matched routes, so an unknown
         // path is a plain 404 rather than a 401 that hints it exists.
         .route_layer(middleware::from_fn_with_state(
@@ -142,6 +166,7 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         .route("/metrics", get(probes::metrics))
         .route("/healthz", get(probes::healthz))
         .route("/readyz", get(probes::readyz))
+        .merge(crate::ui::router(state.clone(), ui))
         .fallback(not_found)
         .with_state(state)
         .layer(TimeoutLayer::with_status_code(
@@ -302,6 +327,7 @@ mod tests {
                 alertmanager: AlertmanagerConfig::default(),
                 alert_tx: None,
                 config_silences: Default::default(),
+                remediation: Default::default(),
             },
             ids,
         }

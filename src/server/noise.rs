@@ -370,6 +370,7 @@ mod tests {
             alertmanager: AlertmanagerConfig::default(),
             alert_tx: None,
             config_silences: noise.silences().into(),
+            remediation: Default::default(),
         }
     }
 

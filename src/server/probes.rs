@@ -32,6 +32,9 @@ pub(super) async fn healthz() -> &'static str {
 #[derive(Debug, Serialize)]
 struct Readiness {
     ready: bool,
+    /// `leader` (runs the pipeline) or `standby: ...` (waits for the
+    /// lease; ready, but the Service routes to the leader's pod only).
+    role: String,
     reasons: Vec<String>,
     sources: Vec<SourceStatus>,
     /// Event publishers (broker state, outbox depth). Informational: a
@@ -87,6 +90,7 @@ pub(super) async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         status,
         Json(Readiness {
             ready,
+            role: state.health.standby().unwrap_or_else(|| "leader".into()),
             reasons,
             sources,
             publishers,
@@ -132,6 +136,7 @@ mod tests {
             alertmanager: crate::config::AlertmanagerConfig::default(),
             alert_tx: None,
             config_silences: Default::default(),
+            remediation: Default::default(),
         };
         let response = router(state, Duration::from_secs(5))
             .oneshot(

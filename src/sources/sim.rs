@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::detect::{DetectorSpec, SignalDetection};
+use crate::remediate::sim::SimCluster;
 use crate::signal::{Direction, Sample, SeriesBatch, SeriesKey, SeriesSamples, TimestampMs};
 use crate::telemetry::Health;
 
@@ -48,21 +49,29 @@ pub struct Scenario {
     pub live_from: TimestampMs,
     /// Last sample time.
     pub end: TimestampMs,
-    /// The injected fault.
+    /// The injected fault: errors and latency on `checkout` after a new
+    /// revision; lasts an hour unless remediation fixes it.
     pub fault: Fault,
+    /// A second fault the demo's policy refuses to act on: latency on
+    /// `catalog`.
+    pub second: Fault,
     /// Wall-clock pause between live polls (simulated time runs fast).
     pub live_pace: Duration,
 }
 
 impl Scenario {
     /// The standard demo ending at `now`: a day of history, then two hours
-    /// "live" with an error-rate surge and latency step on `checkout`
-    /// for 20 minutes, half an hour in. (The seed system's auto-healing
-    /// story: a 15% error rate against a 5% threshold.)
+    /// "live". Half an hour in, right after a new revision of `checkout`
+    /// rolls out, its error ratio surges from ~0.5% to 15% and p99 latency
+    /// triples — for an hour, unless remediation rolls it back. (The seed
+    /// system's auto-healing story: a 15% error rate against a 5%
+    /// threshold.) Later, `catalog`'s latency rises for 20 minutes, which
+    /// the demo's policy does not allow aiopsd to act on.
     pub fn standard(now: TimestampMs) -> Self {
         let end = now - now.rem_euclid(STEP_MS);
         let live_from = end - 2 * HOUR_MS;
         let fault_start = live_from + 30 * 60_000;
+        let second_start = live_from + 75 * 60_000;
         Self {
             start: live_from - DAY_MS,
             live_from,
@@ -71,12 +80,22 @@ impl Scenario {
                 service: "checkout".into(),
                 namespace: "demo".into(),
                 start: fault_start,
-                end: fault_start + 20 * 60_000,
-                description: "checkout (namespace demo): HTTP 5xx error ratio surges from \
-                              ~0.5% to 15% and p99 latency triples, for 20 minutes"
+                end: fault_start + HOUR_MS,
+                description: "checkout (namespace demo): right after revision 3 rolls out, \
+                              the HTTP 5xx error ratio surges from ~0.5% to 15% and p99 \
+                              latency triples (for an hour unless fixed)"
                     .into(),
             },
-            live_pace: Duration::from_millis(4),
+            second: Fault {
+                service: "catalog".into(),
+                namespace: "demo".into(),
+                start: second_start,
+                end: second_start + 20 * 60_000,
+                description: "catalog (namespace demo): p99 latency rises 2.5-fold for 20 \
+                              minutes (no rule allows acting on it)"
+                    .into(),
+            },
+            live_pace: Duration::from_millis(8),
         }
     }
 }
@@ -105,16 +124,43 @@ const SIGNALS: [SimSignal; 3] = [
 
 const SERVICES: [(&str, f64); 2] = [("checkout", 1.0), ("catalog", 2.5)];
 
+/// A fault ends this long after the simulated cluster saw an action on
+/// the faulty workload (pods replaced, caches warm).
+const RECOVERY_MS: i64 = 60_000;
+
 /// The simulated source.
 #[derive(Debug, Clone)]
 pub struct SimSource {
     scenario: Scenario,
+    cluster: Option<Arc<SimCluster>>,
 }
 
 impl SimSource {
     /// A source playing `scenario`.
     pub fn new(scenario: Scenario) -> Self {
-        Self { scenario }
+        Self {
+            scenario,
+            cluster: None,
+        }
+    }
+
+    /// Ends a fault once `cluster` records an action on its workload.
+    pub fn with_cluster(mut self, cluster: Arc<SimCluster>) -> Self {
+        self.cluster = Some(cluster);
+        self
+    }
+
+    /// Whether `fault` affects `service` at `t`.
+    fn in_fault(&self, fault: &Fault, service: &str, t: TimestampMs) -> bool {
+        if service != fault.service || t < fault.start || t >= fault.end {
+            return false;
+        }
+        let remedied = self
+            .cluster
+            .as_ref()
+            .and_then(|c| c.remedied_at(&fault.namespace, &fault.service))
+            .is_some_and(|at| at >= fault.start && t >= at + RECOVERY_MS);
+        !remedied
     }
 
     /// How the demo's signals are scored: the default detector, with the
@@ -141,8 +187,8 @@ impl SimSource {
         let load = 0.6 + 0.4 * (std::f64::consts::TAU * (day_phase - 0.35)).sin();
         let seed = hash(signal) ^ hash(service) ^ (t as u64);
         let n = noise(seed);
-        let fault = &self.scenario.fault;
-        let faulty = service == fault.service && t >= fault.start && t < fault.end;
+        let faulty = self.in_fault(&self.scenario.fault, service, t);
+        let slow = self.in_fault(&self.scenario.second, service, t);
         match signal {
             "request_rate" => scale * 120.0 * load * (1.0 + 0.04 * n),
             "error_ratio" => {
@@ -157,6 +203,8 @@ impl SimSource {
                 let v = base * (1.0 + 0.05 * n);
                 if faulty {
                     v * 3.0
+                } else if slow {
+                    v * 2.5
                 } else {
                     v
                 }
@@ -260,6 +308,22 @@ mod tests {
         assert!(sim.value("error_ratio", "checkout", 1.0, during) > 0.1);
         assert!(sim.value("error_ratio", "catalog", 2.5, during) < 0.01);
         assert!(sim.value("error_ratio", "checkout", 1.0, fault.end + 60_000) < 0.01);
+    }
+
+    #[test]
+    fn an_action_on_the_faulty_workload_ends_the_fault() {
+        let scenario = Scenario::standard(10 * DAY_MS);
+        let fault = scenario.fault.clone();
+        let cluster = Arc::new(SimCluster::new(&[("demo", "checkout", 3)]));
+        let sim = SimSource::new(scenario).with_cluster(Arc::clone(&cluster));
+        let acted = fault.start + 5 * 60_000;
+        let plan = crate::remediate::plan::PlannedAction::Restart {
+            target: cluster.resolve("demo", "checkout").expect("exists"),
+            max_unavailable: 1,
+        };
+        cluster.execute("a1", &plan, acted).expect("execute");
+        assert!(sim.value("error_ratio", "checkout", 1.0, acted + 30_000) > 0.1);
+        assert!(sim.value("error_ratio", "checkout", 1.0, acted + RECOVERY_MS) < 0.01);
     }
 
     #[test]

@@ -1,7 +1,9 @@
-//! An in-process server speaking the Kubernetes API wire format for
-//! `coordination.k8s.io/v1` Leases, driven through the real kube client.
+//! An in-process server speaking the Kubernetes API wire format, driven
+//! through the real kube client: `coordination.k8s.io/v1` Leases (leader
+//! election) and everything remediation and diagnosis use (see
+//! [`objects`] and [`seed`]).
 //!
-//! What it implements, as the real API server does:
+//! Leases, as the real API server does:
 //!
 //! - `GET /apis/coordination.k8s.io/v1/namespaces/{ns}/leases/{name}`:
 //!   200 with the object, or 404 with a `Status` body
@@ -14,8 +16,21 @@
 //!   ("the object has been modified"); a successful write bumps the
 //!   version (one counter for the whole server, like etcd's revision);
 //! - bodies are parsed as `k8s_openapi` Leases, so a wrongly typed field is
-//!   a 400, and `kind`/`apiVersion`/name mismatches are refused;
-//! - any other path is recorded and answered 404 `NotFound`.
+//!   a 400, and `kind`/`apiVersion`/name mismatches are refused.
+//!
+//! Workloads and the rest ([`objects`]): Deployments, StatefulSets and
+//! DaemonSets (get, list, patch with `application/merge-patch+json`,
+//! `application/strategic-merge-patch+json` or
+//! `application/apply-patch+yaml`; the `scale` subresource of Deployments
+//! and StatefulSets), ReplicaSets, Pods (and `pods/eviction`, answered 429
+//! when a PodDisruptionBudget has no disruption left), HPAs
+//! (`autoscaling/v2`), PodDisruptionBudgets, Nodes, and
+//! `events.k8s.io/v1` Events (create). Every write bumps the
+//! `resourceVersion`; a patch carrying a stale one gets 409 `Conflict`. A
+//! small Deployment controller runs inside each write (new template → new
+//! ReplicaSet revision; replicas → ready at once).
+//!
+//! Anything else is recorded and answered 404 `NotFound`.
 //!
 //! It **records every call** as `(verb, api group, resource, namespace,
 //! name)` in RBAC terms (`get`, `list`, `watch`, `create`, `update`,
@@ -27,16 +42,29 @@
 //! (an API server that is unreachable behind its load balancer);
 //! [`FakeKube::interpose_before_next_write`] lets another "replica" write
 //! the Lease just before the next create/replace is processed, which is
-//! the race optimistic concurrency exists for.
+//! the race optimistic concurrency exists for;
+//! [`FakeKube::conflict_on_next_writes`] does the same for patches of
+//! other objects (another writer bumps the object first, so the patch's
+//! `resourceVersion` is stale: a genuine 409); [`FakeKube::forbid`] makes
+//! RBAC deny one verb on one resource (403 with the API server's message).
 
-use std::collections::BTreeMap;
+mod objects;
+mod patch;
+mod seed;
+
+// Not every test binary seeds pods.
+#[allow(unused_imports)]
+pub use seed::{time_ago, PodState};
+
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use axum::body::Bytes;
+use axum::extract::Query;
 use axum::extract::State;
-use axum::http::{Method, StatusCode, Uri};
+use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use serde_json::{json, Value};
@@ -75,6 +103,12 @@ struct Shared {
     calls: Mutex<Vec<ApiCall>>,
     down: AtomicBool,
     interposer: Mutex<Option<String>>,
+    /// Every other object, see [`objects`].
+    objects: Mutex<objects::Objects>,
+    /// (verb, resource) pairs RBAC denies.
+    forbidden: Mutex<BTreeSet<(String, String)>>,
+    /// Writes still to be preceded by another writer's change.
+    conflicts: AtomicUsize,
 }
 
 /// The running fake API server; stops when dropped.
@@ -97,6 +131,9 @@ impl FakeKube {
             calls: Mutex::new(Vec::new()),
             down: AtomicBool::new(false),
             interposer: Mutex::new(None),
+            objects: Mutex::new(BTreeMap::new()),
+            forbidden: Mutex::new(BTreeSet::new()),
+            conflicts: AtomicUsize::new(0),
         });
         let app = Router::new().fallback(handle).with_state(shared.clone());
         let task = tokio::spawn(async move {
@@ -147,6 +184,22 @@ impl FakeKube {
     /// 409 AlreadyExists or Conflict, exactly as in a real race).
     pub fn interpose_before_next_write(&self, holder: &str) {
         *lock(&self.shared.interposer) = Some(holder.to_string());
+    }
+
+    /// RBAC denies `verb` (`get`, `list`, `patch`, `create`, …) on
+    /// `resource` (plural, with `/subresource`, e.g. `deployments/scale`,
+    /// `pods/eviction`): such calls are still recorded, then answered 403
+    /// with the API server's `Forbidden` Status.
+    pub fn forbid(&self, verb: &str, resource: &str) {
+        lock(&self.shared.forbidden).insert((verb.to_string(), resource.to_string()));
+    }
+
+    /// The next `n` patches of non-Lease objects (`usize::MAX`: all of
+    /// them) each meet another writer that changed the object just before
+    /// (its `resourceVersion` moves), so a patch carrying the version it
+    /// read gets 409 `Conflict`.
+    pub fn conflict_on_next_writes(&self, n: usize) {
+        self.shared.conflicts.store(n, Ordering::SeqCst);
     }
 }
 
@@ -277,6 +330,7 @@ async fn handle(
     State(shared): State<Arc<Shared>>,
     method: Method,
     uri: Uri,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     let Some((group, namespace, resource, name)) = parse_path(uri.path()) else {
@@ -308,21 +362,25 @@ async fn handle(
             json!({}),
         );
     }
+    if lock(&shared.forbidden).contains(&(call.verb.clone(), call.resource.clone())) {
+        return objects::forbidden(&call);
+    }
+    if call.group != "coordination.k8s.io" || call.resource != "leases" {
+        let query = Query::<BTreeMap<String, String>>::try_from_uri(&uri)
+            .map(|q| q.0)
+            .unwrap_or_default();
+        let content_type = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok());
+        return objects::handle(&shared, &call, content_type, &query, &body);
+    }
     let ApiCall {
         verb,
-        group,
-        resource,
+        group: _,
+        resource: _,
         namespace,
         name,
     } = call;
-    if group != "coordination.k8s.io" || resource != "leases" {
-        return status(
-            StatusCode::NOT_FOUND,
-            "NotFound",
-            "the server could not find the requested resource",
-            json!({}),
-        );
-    }
     let Some(namespace) = namespace else {
         return status(
             StatusCode::METHOD_NOT_ALLOWED,

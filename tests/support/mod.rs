@@ -21,6 +21,8 @@
 //! - [`openmetrics`]: writes OpenMetrics files (series with known shapes,
 //!   such as a step anomaly) for `promtool tsdb create-blocks-from openmetrics`.
 //!
+//! - [`webhook_receiver`]: an in-process HTTP receiver for the webhook
+//!   sink that records each POST and answers as scripted (5xx, 429, 400).
 //! - [`daemon`]: the `aiopsd run` binary as a child process with its API.
 //!
 //! Use from a test file with `mod support;`.
@@ -28,8 +30,10 @@
 // Each test binary compiles this module but uses only part of it.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod daemon;
 pub mod fake_kube;
+pub mod fake_openai;
 pub mod fake_prometheus;
 pub mod openmetrics;
 pub mod real_alertmanager;

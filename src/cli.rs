@@ -20,6 +20,7 @@ Examples:
   aiopsd config check config/aiopsd.yaml
   aiopsd backtest --data nab/data --labels nab/labels.json --preset latency
   aiopsd logs templates app.log --assign app.ids
+  aiopsd capacity -c config/aiopsd.yaml --service cart --replicas 3 --cpu-request 0.5 --memory-request 512Mi
   aiopsd policy check policies/
   aiopsd policy explain --incident incident-7.json
   aiopsd action revert 12 --by alice --reason \"made it worse\"
@@ -96,6 +97,48 @@ enum Command {
     Policy {
         #[command(subcommand)]
         command: PolicyCommand,
+    },
+    /// Plan a service's capacity from 30 days of CPU, memory and request
+    /// rate in Prometheus: the forecast daily peak, the replicas and
+    /// requests needed to stay under the target utilisation (with the
+    /// arithmetic), and when today's capacity runs out.
+    Capacity {
+        /// Config file (its `prometheus`, `capacity` and `forecast` sections).
+        #[arg(long, short, env = "AIOPSD_CONFIG")]
+        config: PathBuf,
+        /// The service (the `capacity.service_label` value).
+        #[arg(long)]
+        service: String,
+        /// Its namespace.
+        #[arg(long)]
+        namespace: Option<String>,
+        /// Days to plan for (1 to 30).
+        #[arg(long, default_value_t = 7)]
+        days: u32,
+        /// Replicas running now.
+        #[arg(long)]
+        replicas: u32,
+        /// CPU request per pod, in cores (e.g. 0.5).
+        #[arg(long)]
+        cpu_request: f64,
+        /// Memory request per pod (bytes, or with Ki/Mi/Gi).
+        #[arg(long)]
+        memory_request: String,
+        /// HPA minReplicas, when an HPA scales the service.
+        #[arg(long, requires = "hpa_max")]
+        hpa_min: Option<u32>,
+        /// HPA maxReplicas.
+        #[arg(long, requires = "hpa_min")]
+        hpa_max: Option<u32>,
+        /// Utilisation of requests to stay under at the peak.
+        #[arg(long, default_value_t = 0.7)]
+        target: f64,
+        /// Print the Markdown section for a capacity review instead of the table.
+        #[arg(long, conflicts_with = "json")]
+        markdown: bool,
+        /// Print JSON (as the API returns it).
+        #[arg(long)]
+        json: bool,
     },
     /// Act on a remediation action through a running daemon's API.
     Action {
@@ -252,6 +295,63 @@ pub fn run() -> anyhow::Result<ExitCode> {
                     token,
                 },
         } => runtime()?.block_on(revert_action(id, &by, &reason, &url, token.as_deref())),
+        Command::Capacity {
+            config,
+            service,
+            namespace,
+            days,
+            replicas,
+            cpu_request,
+            memory_request,
+            hpa_min,
+            hpa_max,
+            target,
+            markdown,
+            json,
+        } => {
+            let config = match Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    print_config_problems(&config, &e);
+                    return Ok(ExitCode::from(EXIT_INVALID_CONFIG));
+                }
+            };
+            let memory_request_bytes = parse_bytes(&memory_request)
+                .ok_or_else(|| anyhow::anyhow!("--memory-request {memory_request:?}: expected bytes or a number with Ki, Mi or Gi"))?;
+            let input = crate::forecast::CapacityInput {
+                service,
+                days,
+                replicas,
+                pod: crate::forecast::PodResources {
+                    cpu_request_cores: cpu_request,
+                    cpu_limit_cores: None,
+                    memory_request_bytes,
+                    memory_limit_bytes: None,
+                },
+                hpa: hpa_min.zip(hpa_max).map(|(min_replicas, max_replicas)| {
+                    crate::forecast::Hpa {
+                        min_replicas,
+                        max_replicas,
+                    }
+                }),
+                target_utilisation: target,
+            };
+            let planned = runtime()?.block_on(crate::forecast::service::plan_service(
+                &config,
+                namespace.as_deref(),
+                &input,
+            ));
+            match planned {
+                Ok(p) if json => println!("{}", serde_json::to_string_pretty(&p)?),
+                Ok(p) if markdown => print!("{}", p.plan.to_markdown()),
+                Ok(p) => print!("{}", p.plan.to_table()),
+                Err(e) => {
+                    eprintln!("aiopsd capacity: {e}");
+                    return Ok(ExitCode::FAILURE);
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Run { config } => {
             let config = match Config::load(&config) {
                 Ok(c) => c,
@@ -346,6 +446,24 @@ fn backtest(
         println!("NAB results written under {}", out.join("aiopsd").display());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `512Mi`, `2Gi`, `1048576` → bytes.
+fn parse_bytes(s: &str) -> Option<f64> {
+    let s = s.trim();
+    let (number, unit) = match s.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(i) => s.split_at(i),
+        None => (s, ""),
+    };
+    let factor = match unit {
+        "" => 1.0,
+        "Ki" => 1024.0,
+        "Mi" => 1024.0 * 1024.0,
+        "Gi" => 1024.0 * 1024.0 * 1024.0,
+        _ => return None,
+    };
+    let n: f64 = number.trim().parse().ok()?;
+    (n.is_finite() && n > 0.0).then_some(n * factor)
 }
 
 /// `aiopsd action revert`: asks the daemon's API, which records the

@@ -197,6 +197,9 @@ pub struct Config {
     /// MQTT event publishing (src/publish/config.rs). Absent: no publisher.
     #[serde(default)]
     pub mqtt: Option<crate::publish::config::MqttConfig>,
+    /// Outgoing webhook notifications (src/publish/webhook.rs). Absent: none.
+    #[serde(default)]
+    pub webhook: Option<crate::publish::config::WebhookConfig>,
     /// Approvals of pending actions through the API and MQTT.
     #[serde(default)]
     pub approvals: crate::publish::config::ApprovalsConfig,
@@ -217,6 +220,17 @@ pub struct Config {
     /// The optional LLM second opinion (docs/LLM.md). Default: off.
     #[serde(default)]
     pub llm: crate::diagnose::llm::LlmConfig,
+    /// The queries `aiopsd capacity` and `GET /api/v1/capacity/{service}`
+    /// read 30 days of CPU, memory and request rate with
+    /// (docs/FORECAST.md). Defaults: cAdvisor and `http_requests_total`.
+    #[serde(default)]
+    pub capacity: crate::forecast::fetch::CapacityQueries,
+    /// Forecasting settings (horizon, resampling, gaps) for capacity plans.
+    #[serde(default)]
+    pub forecast: crate::forecast::ForecastConfig,
+    /// The Elasticsearch log source (docs/LOGS.md). Absent: none.
+    #[serde(default)]
+    pub elasticsearch: Option<crate::logs::elastic::ElasticConfig>,
 }
 
 fn default_cluster() -> String {
@@ -650,6 +664,7 @@ impl Config {
             leader_election: crate::leader::LeaderElectionConfig::default(),
             // The demo has no broker.
             mqtt: None,
+            webhook: None,
             approvals: crate::publish::config::ApprovalsConfig::default(),
             alertmanager: AlertmanagerConfig::default(),
             noise: crate::incident::noise::NoiseConfig::default(),
@@ -660,6 +675,9 @@ impl Config {
                 ..Default::default()
             },
             llm: crate::diagnose::llm::LlmConfig::default(),
+            capacity: crate::forecast::fetch::CapacityQueries::default(),
+            forecast: crate::forecast::ForecastConfig::default(),
+            elasticsearch: None,
         }
     }
 
@@ -739,12 +757,24 @@ impl Config {
         self.leader_election.validate(&mut err);
         self.remediation.validate(&mut err);
         self.llm.validate(&mut err);
+        if let Err(problems) = self.capacity.validate() {
+            for p in problems {
+                err(p.path, p.reason);
+            }
+        }
+        if let Err(e) = self.forecast.validate() {
+            err("forecast".into(), e.to_string());
+        }
+        if let Some(es) = &self.elasticsearch {
+            es.validate(&mut err);
+        }
         crate::publish::config::validate(
             &self.cluster,
             self.mqtt.as_ref(),
             &self.approvals,
             &mut err,
         );
+        crate::publish::config::validate_webhook(self.webhook.as_ref(), &mut err);
         if let Err(reason) = self.detection.detector.validate() {
             err("detection.detector".into(), reason);
         }

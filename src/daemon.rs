@@ -117,6 +117,7 @@ impl Shared {
             alert_tx: Some(self.alert_tx.clone()),
             config_silences: Arc::clone(&self.config_silences),
             remediation: config.remediation.clone(),
+            config: Some(Arc::new(config.clone())),
         }
     }
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use aiopsd::config::HumanDuration;
 use aiopsd::leader::{Attempt, HoldOutcome, LeaderElectionConfig, LeaderElector};
-use serde_json::Value;
+use serde_json::{json, Value};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -343,6 +343,11 @@ struct Replica {
 
 impl Replica {
     fn start(dir: &Path, name: &str, kube: &FakeKube, prometheus: &str) -> Self {
+        Self::start_with(dir, name, kube, prometheus, "")
+    }
+
+    /// As `start`, with more YAML appended to the config.
+    fn start_with(dir: &Path, name: &str, kube: &FakeKube, prometheus: &str, extra: &str) -> Self {
         let port = free_port();
         let yaml = format!(
             r#"
@@ -373,7 +378,7 @@ signals:
 "#,
             store = dir.join(format!("{name}.db")).display(),
             kube = kube.url(),
-        );
+        ) + extra;
         let config = dir.join(format!("{name}.yaml"));
         std::fs::write(&config, yaml).expect("write config");
         let log = dir.join(format!("{name}.log"));
@@ -557,4 +562,133 @@ async fn a_daemon_that_loses_the_lease_stops_and_exits_non_zero() {
     );
     // It did not release someone else's lease on the way out.
     assert_eq!(kube.holder(NS, LEASE).as_deref(), Some("aiopsd-usurper"));
+}
+
+/// A pod for each replica, so the leader can label its own.
+fn seed_replica_pod(kube: &FakeKube, name: &str) {
+    kube.put(json!({
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": NS, "labels": {"app": "aiopsd"}},
+        "spec": {"containers": [{"name": "aiopsd", "image": "aiopsd"}]},
+    }));
+}
+
+fn leader_label(kube: &FakeKube, pod: &str) -> Option<String> {
+    kube.object("pods", NS, pod)?["metadata"]["labels"][aiopsd::leader::LEADER_LABEL]
+        .as_str()
+        .map(str::to_string)
+}
+
+#[tokio::test]
+async fn with_two_replicas_only_the_lease_holder_labels_its_pod_and_acts() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let kube = FakeKube::start().await;
+    let prometheus = fake_prometheus().await;
+    kube.seed_deployment("shop", "cart", 2, 2);
+    kube.seed_pods("shop", "cart", 2);
+    seed_replica_pod(&kube, "aiopsd-a");
+    seed_replica_pod(&kube, "aiopsd-b");
+    let policies = dir.path().join("policies");
+    std::fs::create_dir_all(&policies).expect("policies dir");
+    std::fs::write(
+        policies.join("scale.yaml"),
+        r#"apiVersion: aiopsd.io/v1
+kind: Policy
+rules:
+  - name: scale-cart
+    match: { namespaces: { allow: [shop] }, workloads: { names: [cart] } }
+    action: { scale: { by: 1, min_replicas: 1, max_replicas: 4, max_step: 1 } }
+    limits: { mode: auto, cooldown: 1h }
+"#,
+    )
+    .expect("policy");
+    let extra = format!(
+        r#"
+remediation:
+  enabled: true
+  policies: "{}"
+  decide_after: 0s
+  kill_switch_configmap: null
+  api_url: "{}"
+"#,
+        policies.display(),
+        kube.url()
+    );
+    let a = Replica::start_with(dir.path(), "aiopsd-a", &kube, &prometheus.url(), &extra);
+    a.wait_for("a leads", "/readyz", |status, body| {
+        status == 200 && body.contains("\"role\":\"leader\"")
+    })
+    .await;
+    let b = Replica::start_with(dir.path(), "aiopsd-b", &kube, &prometheus.url(), &extra);
+    b.wait_for("b stands by", "/readyz", |status, body| {
+        status == 200 && body.contains("standby")
+    })
+    .await;
+    within(
+        Duration::from_secs(10),
+        "the leader label on aiopsd-a",
+        async {
+            while leader_label(&kube, "aiopsd-a").as_deref() != Some("true") {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        leader_label(&kube, "aiopsd-b"),
+        None,
+        "a standby carries no label"
+    );
+
+    // The same alert reaches both replicas (as if the Service had routed
+    // it to either): only the leader's pipeline opens an incident and acts.
+    let alert = json!({
+        "version": "4", "groupKey": "{}:{alertname=\"CartDown\"}", "truncatedAlerts": 0,
+        "status": "firing", "receiver": "aiopsd", "groupLabels": {}, "commonLabels": {},
+        "commonAnnotations": {}, "externalURL": "http://alertmanager:9093",
+        "alerts": [{
+            "status": "firing",
+            "labels": {"alertname": "CartDown", "namespace": "shop", "service": "cart", "severity": "critical"},
+            "annotations": {}, "startsAt": aiopsd::signal::format_ts(aiopsd::signal::now_ms()),
+            "endsAt": "0001-01-01T00:00:00Z", "generatorURL": "", "fingerprint": "f1"
+        }]
+    });
+    for replica in [&a, &b] {
+        let status = reqwest::Client::new()
+            .post(format!("{}/api/v1/alerts/alertmanager", replica.base))
+            .header("content-type", "application/json")
+            .body(alert.to_string())
+            .send()
+            .await
+            .expect("webhook")
+            .status();
+        assert_eq!(status.as_u16(), 200);
+    }
+    within(Duration::from_secs(15), "the scale to 3 replicas", async {
+        loop {
+            let replicas = kube
+                .object("deployments", "shop", "cart")
+                .and_then(|d| d["spec"]["replicas"].as_i64());
+            if replicas == Some(3) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    // Give the standby every chance to (wrongly) act too.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let scales = kube
+        .calls()
+        .iter()
+        .filter(|c| c.verb == "patch" && c.resource == "deployments/scale")
+        .count();
+    assert_eq!(scales, 1, "exactly one replica acted");
+    let (_, body) = a.get("/api/v1/actions").await.expect("actions");
+    assert!(
+        body.contains("scale-cart"),
+        "the leader recorded it: {body}"
+    );
+    let (_, body) = b.get("/api/v1/actions").await.expect("actions");
+    assert!(!body.contains("scale-cart"), "the standby did not: {body}");
 }

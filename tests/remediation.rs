@@ -278,9 +278,10 @@ async fn a_verification_without_data_fails_and_reverts_never_passes() {
     let id = h.open_incident(now - MIN, now - 10_000);
     let mut stage = h.remediator().await;
     stage.reconcile().await.expect("pass");
-    assert_eq!(h.replicas(), 3);
+    assert!(h.scale_writes() >= 1, "the action ran");
 
-    // The source is down: the cursor never moves past the action.
+    // The source is down: the cursor never moves past the action. (With a
+    // 1 ms timeout the verdict may already come in the first pass.)
     tokio::time::sleep(Duration::from_millis(20)).await;
     stage.reconcile().await.expect("pass");
     let exec = only_action(&h, id).execution.expect("execution");

@@ -290,6 +290,7 @@ async fn serve_with_tokens(
         alert_tx: None,
         config_silences: Default::default(),
         remediation: Default::default(),
+        config: None,
     };
     let ui = aiopsd::ui::UiSettings {
         viewer_token: Some(Secret::from(VIEWER)),

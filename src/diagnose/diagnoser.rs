@@ -17,6 +17,9 @@ use crate::signal::TimestampMs;
 /// opened (a rollout an hour earlier can still be its cause).
 const CHANGE_LOOKBACK_MS: i64 = 60 * 60_000;
 
+/// Largest lead or lag considered between two series of an incident.
+const CORRELATION_MAX_LAG_MS: i64 = 10 * 60_000;
+
 /// Everything diagnosis needs, built once by the daemon.
 pub struct Diagnoser {
     kinds: SignalKinds,
@@ -56,10 +59,35 @@ impl Diagnoser {
         self
     }
 
+    /// Ranks the incident's other series by lagged correlation with its
+    /// headline series (which moved first, which moved with it) and adds
+    /// the strongly correlated ones as evidence.
+    fn add_correlated(&self, incident: &Incident, bundle: &mut super::evidence::EvidenceBundle) {
+        let Some(headline) = incident.headline() else {
+            return;
+        };
+        let candidates: Vec<_> = incident
+            .signals
+            .iter()
+            .filter(|s| s.series != headline.series)
+            .map(|s| (s.series.clone(), s.samples.clone()))
+            .collect();
+        if candidates.is_empty() {
+            return;
+        }
+        let ranked = super::correlate::rank_correlated(
+            &headline.samples,
+            &candidates,
+            CORRELATION_MAX_LAG_MS,
+        );
+        super::correlate::push_correlated(bundle, &ranked, &self.kinds, 0.7, 5);
+    }
+
     /// Ranked hypotheses for `incident`, with the evidence they cite.
     /// Never fails: a source that cannot be read is a gap in the result.
     pub async fn diagnose(&self, incident: &Incident, now: TimestampMs) -> Diagnosis {
         let mut bundle = from_incident(incident, &self.kinds);
+        self.add_correlated(incident, &mut bundle);
         if let Some(client) = &self.kube {
             let since = incident.opened_at.saturating_sub(CHANGE_LOOKBACK_MS);
             for target in bundle.targets.clone() {

@@ -26,9 +26,12 @@
 
 mod breach;
 mod capacity;
+pub mod fetch;
 mod model;
+pub mod predictive;
 mod prepare;
 pub mod quality;
+pub mod service;
 mod trend;
 
 use std::time::Duration;

@@ -11,6 +11,7 @@
 //! Elasticsearch source (later) feeds it, and the maths is tested and
 //! benchmarked without a runtime.
 
+pub mod elastic;
 pub mod mask;
 mod miner;
 mod redact;

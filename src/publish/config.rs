@@ -1,4 +1,4 @@
-//! The `mqtt:` and `approvals:` config sections: their fields, defaults and
+//! The `mqtt:`, `webhook:` and `approvals:` config sections: their fields, defaults and
 //! validation. config/aiopsd.yaml documents the same fields for operators;
 //! keep the two in step.
 
@@ -122,6 +122,50 @@ impl Default for ReconnectConfig {
     }
 }
 
+/// Where and how events are POSTed to an HTTP receiver (a pager, a chat
+/// bridge, a ticketing system): the webhook sink of the outbox
+/// (src/publish/webhook.rs, docs/EVENTS.md "Webhook").
+///
+/// Absent: no webhook sender runs and nothing is queued for it. It works
+/// with or without the `mqtt` section; each sink has its own queue.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// Receiver URL, `http://` or `https://` (TLS with the system's trust
+    /// store). Credentials do not belong in the URL: use `bearer_token`.
+    pub url: String,
+    /// Longest wait for one POST, connect to response. A timeout is
+    /// retried like a 5xx. Default: `10s`; 100ms..=5m.
+    #[serde(default = "default_webhook_timeout")]
+    pub timeout: HumanDuration,
+    /// Sent as `Authorization: Bearer <token>`; set it with
+    /// `AIOPSD_WEBHOOK__BEARER_TOKEN`, not in the file. Never logged.
+    #[serde(default)]
+    pub bearer_token: Option<Secret>,
+    /// Key of the HMAC-SHA256 signature over the body, sent as
+    /// `X-Aiopsd-Signature: sha256=<hex>`; set it with
+    /// `AIOPSD_WEBHOOK__SIGNING_SECRET`. Never logged. At least 32
+    /// characters. Absent: no signature header.
+    #[serde(default)]
+    pub signing_secret: Option<Secret>,
+    /// Event kinds to send (`incident.opened`, `incident.escalated`, ...).
+    /// Default: empty, meaning every kind. Other events are still queued
+    /// for this sink (the outbox writes every event once per sink) but are
+    /// dropped by the sender without a request.
+    #[serde(default)]
+    pub events: Vec<super::event::EventKind>,
+    /// The durable queue in the store that events wait in until the
+    /// receiver answers 2xx. Same bounds and rules as `mqtt.outbox`.
+    #[serde(default)]
+    pub outbox: OutboxConfig,
+    /// Waiting between attempts while the receiver fails (408, 429, 5xx,
+    /// timeouts, connection errors): doubles from `initial_backoff` to
+    /// `max_backoff`. A `Retry-After` header (seconds) is honoured up to
+    /// `max_backoff`.
+    #[serde(default)]
+    pub retry: ReconnectConfig,
+}
+
 /// Approvals of pending actions, through the API or MQTT.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -171,6 +215,9 @@ fn default_max_events() -> u64 {
 }
 fn default_initial_backoff() -> HumanDuration {
     HumanDuration(Duration::from_millis(500))
+}
+fn default_webhook_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(10))
 }
 fn default_max_backoff() -> HumanDuration {
     HumanDuration(Duration::from_secs(30))
@@ -376,9 +423,123 @@ pub(crate) fn validate(
     }
 }
 
+impl WebhookConfig {
+    /// Parses `url`; the error says what is wrong, for `webhook.url`.
+    pub fn endpoint(&self) -> Result<reqwest::Url, String> {
+        let url = reqwest::Url::parse(&self.url)
+            .map_err(|e| format!("{:?} is not a URL: {e}", self.url))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(format!("scheme {:?} is not http or https", url.scheme()));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err("must not contain credentials; use webhook.bearer_token".into());
+        }
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(format!("{:?} has no host", self.url));
+        }
+        Ok(url)
+    }
+}
+
+/// Validates the `webhook:` section; `err(path, reason)` collects every
+/// problem. Never echoes a secret.
+pub(crate) fn validate_webhook(
+    webhook: Option<&WebhookConfig>,
+    err: &mut impl FnMut(String, String),
+) {
+    let Some(w) = webhook else {
+        return;
+    };
+    if let Err(reason) = w.endpoint() {
+        err("webhook.url".into(), reason);
+    }
+    if w.timeout.0 < Duration::from_millis(100) || w.timeout.0 > Duration::from_secs(300) {
+        err(
+            "webhook.timeout".into(),
+            format!("must be 100ms..=5m, got {}", w.timeout),
+        );
+    }
+    if let Some(secret) = &w.signing_secret {
+        if secret.expose().len() < 32 {
+            err(
+                "webhook.signing_secret".into(),
+                "must be at least 32 characters".into(),
+            );
+        }
+    }
+    if let Some(token) = &w.bearer_token {
+        let t = token.expose();
+        // reqwest refuses such a header value at send time; say so at start.
+        if t.is_empty() || t.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+            err(
+                "webhook.bearer_token".into(),
+                "must be non-empty, without spaces or control characters".into(),
+            );
+        }
+    }
+    if !(100..=10_000_000).contains(&w.outbox.max_events) {
+        err(
+            "webhook.outbox.max_events".into(),
+            "must be 100..=10000000".into(),
+        );
+    }
+    if w.retry.initial_backoff.0.is_zero() {
+        err(
+            "webhook.retry.initial_backoff".into(),
+            "must be more than 0s".into(),
+        );
+    }
+    if w.retry.initial_backoff > w.retry.max_backoff {
+        err(
+            "webhook.retry.initial_backoff".into(),
+            "must not exceed max_backoff".into(),
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn webhook(url: &str) -> WebhookConfig {
+        WebhookConfig {
+            url: url.into(),
+            timeout: default_webhook_timeout(),
+            bearer_token: None,
+            signing_secret: None,
+            events: Vec::new(),
+            outbox: OutboxConfig::default(),
+            retry: ReconnectConfig::default(),
+        }
+    }
+
+    fn webhook_problems(w: &WebhookConfig) -> String {
+        let mut out = Vec::new();
+        validate_webhook(Some(w), &mut |p, r| out.push(format!("{p}: {r}")));
+        out.join("\n")
+    }
+
+    #[test]
+    fn webhook_problems_name_their_field_and_hide_secrets() {
+        assert_eq!(webhook_problems(&webhook("https://pager.example/hook")), "");
+        let mut w = webhook("ftp://u:p@x");
+        w.signing_secret = Some(Secret::from("tooshort-secret"));
+        w.bearer_token = Some(Secret::from("has space"));
+        w.timeout = HumanDuration(Duration::from_millis(10));
+        w.outbox.max_events = 1;
+        let p = webhook_problems(&w);
+        for needle in [
+            "webhook.url: scheme",
+            "webhook.signing_secret: must be at least 32",
+            "webhook.bearer_token: must be non-empty",
+            "webhook.timeout:",
+            "webhook.outbox.max_events:",
+        ] {
+            assert!(p.contains(needle), "missing {needle:?} in:\n{p}");
+        }
+        assert!(!p.contains("tooshort") && !p.contains("has space"), "{p}");
+        assert!(webhook_problems(&webhook("http://u:p@x/")).contains("credentials"));
+    }
 
     fn mqtt(url: &str) -> MqttConfig {
         MqttConfig {

@@ -4,19 +4,23 @@
 //! incident stage ──(one transaction)──► Store: incident row + outbox rows
 //! API / MQTT approval ──(one transaction)──► Store: decision + outbox row
 //!                                              │
-//!                       mqtt::MqttPublisher ◄──┘ reads in order, QoS 1,
-//!                       (own task)               deletes on PUBACK
+//!                       mqtt::MqttPublisher ◄──┤ reads in order, QoS 1,
+//!                       (own task)             │ deletes on PUBACK
+//!                 webhook::WebhookPublisher ◄──┘ own rows, POSTs in order,
+//!                       (own task)               deletes on 2xx
 //! ```
 //!
 //! - [`event`]: the versioned schema `aiopsd.event/v1` (docs/EVENTS.md).
 //! - [`outbox`]: the durable, bounded, multi-sink queue and its reports.
 //! - [`mqtt`]: the MQTT sink and the approvals listener.
+//! - [`webhook`]: the HTTP webhook sink (issue 8's notifier).
 //! - [`approvals`]: pending actions, decisions, signed approval messages.
-//! - [`config`]: the `mqtt:` and `approvals:` config sections.
+//! - [`config`]: the `mqtt:`, `webhook:` and `approvals:` config sections.
 //! - [`telemetry`]: broker, outbox and approval metrics and log lines.
 //!
 //! [`start`] is what the daemon calls: it declares the outbox sinks,
-//! starts the MQTT publisher if configured and the expiry sweeper always.
+//! starts the MQTT and webhook senders if configured (each its own task,
+//! its own rows, its own `/readyz` entry) and the expiry sweeper always.
 //! Nothing here can block detection: the pipeline only writes rows.
 
 pub mod approvals;
@@ -25,6 +29,7 @@ pub mod event;
 pub mod mqtt;
 pub mod outbox;
 pub mod telemetry;
+pub mod webhook;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -68,8 +73,9 @@ pub enum PublishError {
 }
 
 /// Declares the outbox sinks, then spawns the MQTT publisher (if `mqtt`
-/// is configured) and the approval expiry sweeper. The returned task ends
-/// when `cancel` fires and both have stopped.
+/// is configured), the webhook sender (if `webhook` is configured) and the
+/// approval expiry sweeper. The returned task ends when `cancel` fires and
+/// all have stopped.
 ///
 /// Blocks briefly on the store; call it before the pipeline starts.
 pub fn start(
@@ -86,12 +92,25 @@ pub fn start(
             name: outbox::MQTT_SINK.into(),
             max_events: m.outbox.max_events,
         })
+        .chain(config.webhook.iter().map(|w| outbox::SinkSpec {
+            name: webhook::WEBHOOK_SINK.into(),
+            max_events: w.outbox.max_events,
+        }))
         .collect();
     let publisher = match &config.mqtt {
         Some(m) => Some(mqtt::MqttPublisher::new(
             m,
             &config.approvals,
             &config.cluster,
+            store.clone(),
+            Arc::clone(metrics),
+            Arc::clone(health),
+        )?),
+        None => None,
+    };
+    let webhook = match &config.webhook {
+        Some(w) => Some(webhook::WebhookPublisher::new(
+            w,
             store.clone(),
             Arc::clone(metrics),
             Arc::clone(health),
@@ -116,12 +135,16 @@ pub fn start(
     ));
     let publisher = publisher.map(|p| {
         tracing::info!(broker = %config.mqtt.as_ref().map(|m| m.url.as_str()).unwrap_or_default(), "Starting the MQTT publisher.");
-        tokio::spawn(p.run(cancel))
+        tokio::spawn(p.run(cancel.clone()))
+    });
+    let webhook = webhook.map(|w| {
+        tracing::info!(url = %w.shown_url(), "Starting the webhook sender.");
+        tokio::spawn(w.run(cancel))
     });
     Ok(tokio::spawn(async move {
         let _ = sweeper.await;
-        if let Some(p) = publisher {
-            let _ = p.await;
+        for task in [publisher, webhook].into_iter().flatten() {
+            let _ = task.await;
         }
     }))
 }

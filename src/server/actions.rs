@@ -223,6 +223,7 @@ mod tests {
             alert_tx: None,
             config_silences: Default::default(),
             remediation: Default::default(),
+            config: None,
         };
         (state, ids)
     }

@@ -342,6 +342,7 @@ mod tests {
             alert_tx: Some(tx),
             config_silences: Default::default(),
             remediation: Default::default(),
+            config: None,
         };
         (state, rx)
     }

@@ -48,6 +48,16 @@ pub enum ApiError {
     /// already decided or has expired).
     #[error("{0}")]
     Conflict(String),
+    /// The data cannot support an answer (too little history, a constant
+    /// series): said plainly rather than answered with a made-up number.
+    #[error("{0}")]
+    Unprocessable(String),
+    /// An upstream (Prometheus) failed; the message names the query.
+    #[error("{0}")]
+    BadGateway(String),
+    /// The feature is not set up on this instance.
+    #[error("{0}")]
+    Unavailable(String),
     /// The store failed while answering.
     #[error("the incident store failed")]
     Store(#[source] StoreError),
@@ -66,6 +76,9 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Store(_) | ApiError::Task(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -74,7 +87,7 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        let message = if status.is_server_error() {
+        let message = if status == StatusCode::INTERNAL_SERVER_ERROR {
             // This runs inside the request's trace span (TraceLayer wraps
             // the handler), so the log line carries method and URI; it is
             // the only place an internal error is logged.

@@ -28,6 +28,7 @@ mod actions;
 mod alerts;
 mod api;
 pub(crate) mod auth;
+mod capacity;
 mod error;
 mod noise;
 mod probes;
@@ -77,6 +78,10 @@ pub struct AppState {
     /// Remediation settings (the config kill switch and its ConfigMap,
     /// shown by `GET /api/v1/remediation/kill-switch`).
     pub remediation: crate::remediate::config::RemediationConfig,
+    /// The whole config, for endpoints that query on demand
+    /// (`GET /api/v1/capacity/{service}` reads Prometheus); `None` in tests
+    /// that need none.
+    pub config: Option<Arc<crate::config::Config>>,
 }
 
 /// Builds the application: every route, the token check on `/api/*`, and
@@ -133,6 +138,7 @@ pub fn router_with_ui(
             &format!("{}/{{id}}/revert", actions::ACTIONS_PATH),
             post(remediation::revert),
         )
+        .route(capacity::CAPACITY_PATH, get(capacity::get_capacity))
         .route(
             remediation::KILL_SWITCH_PATH,
             get(remediation::get_kill_switch).put(remediation::put_kill_switch),
@@ -328,6 +334,7 @@ mod tests {
                 alert_tx: None,
                 config_silences: Default::default(),
                 remediation: Default::default(),
+                config: None,
             },
             ids,
         }

@@ -371,6 +371,7 @@ mod tests {
             alert_tx: None,
             config_silences: noise.silences().into(),
             remediation: Default::default(),
+            config: None,
         }
     }
 

@@ -137,6 +137,7 @@ mod tests {
             alert_tx: None,
             config_silences: Default::default(),
             remediation: Default::default(),
+            config: None,
         };
         let response = router(state, Duration::from_secs(5))
             .oneshot(

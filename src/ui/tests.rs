@@ -150,6 +150,7 @@ fn fixture(api_token: Option<&str>, service: &str) -> Fixture {
         alert_tx: None,
         config_silences: Default::default(),
         remediation: Default::default(),
+        config: None,
     };
     Fixture {
         app,

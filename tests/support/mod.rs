@@ -32,6 +32,7 @@
 
 pub mod browser;
 pub mod daemon;
+pub mod fake_elastic;
 pub mod fake_kube;
 pub mod fake_openai;
 pub mod fake_prometheus;
@@ -40,6 +41,7 @@ pub mod real_alertmanager;
 pub mod real_mosquitto;
 pub mod real_prometheus;
 pub mod script_server;
+pub mod webhook_receiver;
 
 use std::future::Future;
 use std::net::{Ipv4Addr, TcpListener};

@@ -415,43 +415,8 @@ async fn a_crash_between_intent_and_outcome_never_runs_the_action_twice() {
     let now = now_ms();
     let id = h.open_incident(now - MIN, now - 10_000);
     // What the stage writes before the API call, then "crashes".
-    let plan = PlannedAction::Scale {
-        target: web(),
-        from: 2,
-        to: 3,
-        via_hpa: false,
-    };
-    let record = DecisionRecord {
-        at: now,
-        outcome: DecisionOutcome::Execute,
-        rule: "test.yaml:scale-web".into(),
-        reasons: Vec::new(),
-        action: Some(plan.clone()),
-        proposed_by: "policy".into(),
-        action_id: None,
-    };
-    let (action, _) = h
-        .store
-        .record_decision(
-            id,
-            &record,
-            Some(&ActionPlanRecord {
-                mode: "auto".into(),
-                pods_touched: 1,
-                approval_ttl_ms: 60_000,
-            }),
-            now,
-        )
-        .expect("decision");
-    let action = action.expect("action");
-    let pre = PreState::Replicas {
-        target: web(),
-        replicas: 2,
-    };
-    assert!(h
-        .store
-        .begin_execution(action.id, &pre, now)
-        .expect("intent"));
+    let plan = scale_web_to_3();
+    let action = write_ahead(&h, id, &plan, now);
     // The API call went through just before the crash.
     let c = client(Some(&h.kube.url())).await.expect("client");
     KubeCluster::new(c)
@@ -483,25 +448,45 @@ async fn an_intent_that_never_reached_the_api_is_completed_once_after_a_restart(
     let h = Harness::start("auto").await;
     let now = now_ms();
     let id = h.open_incident(now - MIN, now - 10_000);
-    let plan = PlannedAction::Scale {
+    write_ahead(&h, id, &scale_web_to_3(), now);
+
+    for _ in 0..2 {
+        h.remediator().await.reconcile().await.expect("pass");
+    }
+    assert_eq!(h.replicas(), 3, "completed exactly once");
+    assert_eq!(h.scale_writes(), 1);
+}
+
+fn scale_web_to_3() -> PlannedAction {
+    PlannedAction::Scale {
         target: web(),
         from: 2,
         to: 3,
         via_hpa: false,
-    };
+    }
+}
+
+/// What the stage writes before the API call (decision, action, intent
+/// with pre-state) — and then a "crash": nothing after it.
+fn write_ahead(
+    h: &Harness,
+    incident: i64,
+    plan: &PlannedAction,
+    now: TimestampMs,
+) -> aiopsd::publish::approvals::PendingAction {
     let record = DecisionRecord {
         at: now,
         outcome: DecisionOutcome::Execute,
         rule: "test.yaml:scale-web".into(),
         reasons: Vec::new(),
-        action: Some(plan),
+        action: Some(plan.clone()),
         proposed_by: "policy".into(),
         action_id: None,
     };
     let (action, _) = h
         .store
         .record_decision(
-            id,
+            incident,
             &record,
             Some(&ActionPlanRecord {
                 mode: "auto".into(),
@@ -520,12 +505,7 @@ async fn an_intent_that_never_reached_the_api_is_completed_once_after_a_restart(
         .store
         .begin_execution(action.id, &pre, now)
         .expect("intent"));
-
-    for _ in 0..2 {
-        h.remediator().await.reconcile().await.expect("pass");
-    }
-    assert_eq!(h.replicas(), 3, "completed exactly once");
-    assert_eq!(h.scale_writes(), 1);
+    action
 }
 
 fn web() -> WorkloadRef {

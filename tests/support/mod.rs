@@ -1,8 +1,18 @@
 //! Helpers shared by the integration tests.
 //!
-//! - [`fake_kube`]: an in-process Kubernetes API server for Leases (the
-//!   real wire format and optimistic concurrency) that records every call
-//!   in RBAC terms, for leader election and the RBAC test.
+//! - [`fake_kube`]: an in-process Kubernetes API server (Leases,
+//!   Deployments and their scale subresource, StatefulSets, DaemonSets,
+//!   ReplicaSets, Pods and evictions with PDB 429s, HPAs, Events, Nodes,
+//!   ConfigMaps; merge/strategic/apply patches, resourceVersion and 409s,
+//!   403s) that records every call in RBAC terms, for leader election,
+//!   remediation and the RBAC test.
+//! - [`fake_openai`]: an OpenAI-compatible `/v1/chat/completions` server
+//!   with scripted answers and error bodies, recording each request.
+//! - [`fake_elastic`]: an in-process Elasticsearch speaking PIT,
+//!   `_search` with `search_after` and its error wire formats, recording
+//!   requests.
+//! - [`browser`]: headless Chromium through chromedriver (WebDriver) for
+//!   the UI tests, with screenshots.
 //! - [`fake_prometheus`]: an in-process HTTP server speaking Prometheus's
 //!   query API wire format, with switchable failure modes (down, refusing
 //!   connections, slow, erroring) and a record of the queries it received.
@@ -20,7 +30,6 @@
 //!   retries), stopped by `NAME-stop.sh` on drop.
 //! - [`openmetrics`]: writes OpenMetrics files (series with known shapes,
 //!   such as a step anomaly) for `promtool tsdb create-blocks-from openmetrics`.
-//!
 //! - [`webhook_receiver`]: an in-process HTTP receiver for the webhook
 //!   sink that records each POST and answers as scripted (5xx, 429, 400).
 //! - [`daemon`]: the `aiopsd run` binary as a child process with its API.

@@ -7,7 +7,6 @@
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::io;
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -15,13 +14,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aiopsd::config::Config;
-use aiopsd::incident::{
-    Incident, IncidentState, Peak, Severity, SignalEvidence, Store, TimelineEntry, UpdateKind,
-};
+use aiopsd::incident::{Incident, IncidentState, Severity, Store, TimelineEntry, UpdateKind};
 use aiopsd::publish::event::Event;
 use aiopsd::publish::outbox::{SinkSpec, MQTT_SINK};
 use aiopsd::publish::webhook::{WebhookPublisher, WEBHOOK_SINK};
-use aiopsd::signal::{now_ms, Sample, SeriesKey, TimestampMs};
+use aiopsd::signal::{now_ms, TimestampMs};
 use aiopsd::telemetry::{Health, Metrics};
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
@@ -59,44 +56,7 @@ webhook:
 }
 
 fn incident(service: &str) -> Incident {
-    let group: BTreeMap<String, String> = [("namespace", "shop"), ("service", service)]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    Incident {
-        id: None,
-        cluster: "test".into(),
-        group: group.clone(),
-        state: IncidentState::Open,
-        severity: Severity::Warning,
-        opened_at: T0,
-        last_anomaly_at: T0,
-        resolved_at: None,
-        anomaly_count: 1,
-        signals: vec![SignalEvidence {
-            series: SeriesKey::new("error_ratio", group),
-            first_at: T0,
-            last_at: T0,
-            anomaly_count: 1,
-            peak: Peak {
-                t: T0,
-                value: 0.2,
-                expected: 0.01,
-                spread: 0.01,
-                score: 19.0,
-            },
-            samples: vec![Sample { t: T0, v: 0.2 }],
-            anomalous_at: vec![T0],
-        }],
-        alerts: Vec::new(),
-        diagnosis: None,
-        decisions: Vec::new(),
-        timeline: vec![TimelineEntry {
-            at: T0,
-            kind: "opened".into(),
-            message: format!("Opened: {service} error_ratio is 19.0 spreads above normal."),
-        }],
-    }
+    support::incidents::sample_incident(service, T0)
 }
 
 /// Drives one incident through opened → `updates` × updated → escalated

@@ -32,6 +32,7 @@
 //!   such as a step anomaly) for `promtool tsdb create-blocks-from openmetrics`.
 //! - [`webhook_receiver`]: an in-process HTTP receiver for the webhook
 //!   sink that records each POST and answers as scripted (5xx, 429, 400).
+//! - [`incidents`]: the sample incident the event-sink tests publish.
 //! - [`daemon`]: the `aiopsd run` binary as a child process with its API.
 //!
 //! Use from a test file with `mod support;`.
@@ -45,6 +46,7 @@ pub mod fake_elastic;
 pub mod fake_kube;
 pub mod fake_openai;
 pub mod fake_prometheus;
+pub mod incidents;
 pub mod openmetrics;
 pub mod real_alertmanager;
 pub mod real_mosquitto;

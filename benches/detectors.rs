@@ -23,10 +23,10 @@ use std::time::{Duration, Instant};
 
 use aiopsd::backtest;
 use aiopsd::detect::{
-    CusumParams, Detector, DetectorSpec, EnsembleParams, KMeansParams, MedianMadParams,
-    RobustEwmaParams, SeasonalParams,
+    Combine, ContextParams, CusumParams, Detector, DetectorSpec, Engine, EnsembleParams,
+    KMeansParams, MedianMadParams, RobustEwmaParams, SeasonalParams, SignalDetection,
 };
-use aiopsd::signal::Direction;
+use aiopsd::signal::{Direction, Sample, SeriesBatch, SeriesKey, SeriesSamples};
 use common::live_heap;
 use criterion::{Criterion, Throughput};
 
@@ -88,9 +88,19 @@ fn specs() -> Vec<(&'static str, DetectorSpec)> {
         ),
         ("cusum", DetectorSpec::Cusum(CusumParams::default())),
         ("kmeans", DetectorSpec::Kmeans(KMeansParams::default())),
+        ("context", DetectorSpec::Context(ContextParams::default())),
         (
             "ensemble_default",
             DetectorSpec::Ensemble(EnsembleParams::default()),
+        ),
+        (
+            // The previous default: level members only, no context gate.
+            "ensemble_level_only",
+            DetectorSpec::Ensemble(EnsembleParams {
+                context: None,
+                combine: Combine::Max,
+                ..EnsembleParams::default()
+            }),
         ),
     ]
 }
@@ -194,6 +204,61 @@ fn report_backtest() {
     );
 }
 
+/// Model persistence for 1000 warm series of the default ensemble: file
+/// bytes per series and save/load wall time (what a restart costs).
+fn report_models(data: &[(i64, f64)]) {
+    const SERIES: usize = 1000;
+    let spec = DetectorSpec::Ensemble(EnsembleParams::default());
+    let signal = || {
+        [(
+            "lat".to_string(),
+            SignalDetection {
+                spec: spec.clone(),
+                direction: Direction::Both,
+            },
+        )]
+    };
+    let mut engine = Engine::new(signal(), i64::MAX, 8, SERIES);
+    let series = (0..SERIES)
+        .map(|i| SeriesSamples {
+            key: std::sync::Arc::new(SeriesKey::new(
+                "lat",
+                [("pod".to_string(), format!("pod-{i}"))],
+            )),
+            samples: data[..600].iter().map(|&(t, v)| Sample { t, v }).collect(),
+        })
+        .collect();
+    engine.observe(&SeriesBatch {
+        signal: "lat".into(),
+        series,
+        until: data[600].0,
+        backfill: false,
+    });
+    let dir = std::env::temp_dir().join(format!("aiopsd-bench-models-{}", std::process::id()));
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        eprintln!("models: {e}");
+        return;
+    }
+    let path = dir.join("models.json");
+    let start = Instant::now();
+    let saved = engine.save_models(&path);
+    let save_s = start.elapsed().as_secs_f64();
+    let start = Instant::now();
+    let mut restarted = Engine::new(signal(), i64::MAX, 8, SERIES);
+    let loaded = restarted.load_models(&path);
+    let load_s = start.elapsed().as_secs_f64();
+    let bytes = std::fs::metadata(&path).map_or(0, |m| m.len());
+    match (saved, loaded) {
+        (Ok(n), Ok(l)) => eprintln!(
+            "models: {n} series saved in {save_s:.3} s, {} restored in {load_s:.3} s, {} B per series on disk",
+            l.restored,
+            bytes / n.max(1) as u64
+        ),
+        (Err(e), _) | (_, Err(e)) => eprintln!("models: {e}"),
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 // A hand-written main instead of `criterion_main!`: the reports after the
 // timing runs need the same workload and are not criterion measurements.
 fn main() {
@@ -205,6 +270,7 @@ fn main() {
     // benchmark once as a smoke test and needs no report.
     if std::env::args().any(|a| a == "--bench") {
         report_state(&data);
+        report_models(&data);
         report_backtest();
     }
 }

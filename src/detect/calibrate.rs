@@ -10,10 +10,10 @@
 //! `L = -ln Q(z)/scale`, monotone and never saturating at 1.0, so a
 //! threshold sweep can still rank the strongest alarms.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Tunables of [`Calibrator`].
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CalibrationParams {
     /// Samples of memory of the short average of raw scores. Default: `3`.
@@ -111,7 +111,7 @@ pub fn ln_normal_tail(z: f64) -> f64 {
 const WARMUP: u32 = 30;
 
 /// Online calibrator for one series: 24 bytes of state.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Calibrator {
     short: f64,
     mean: f64,

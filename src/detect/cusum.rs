@@ -6,7 +6,7 @@
 //! sum grows, which is the optimal test for a mean shift of about `2k`
 //! spreads. After an alarm the baseline re-centres on the new level.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::calibrate::{CalibrationParams, Calibrator};
 use super::median_mad::check_alarm;
@@ -14,7 +14,7 @@ use super::{Detector, Score};
 use crate::signal::TimestampMs;
 
 /// Tunables of [`Cusum`].
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CusumParams {
     /// Smoothing of the baseline level and spread, in (0, 1). Default: `0.01`.
@@ -76,7 +76,7 @@ impl CusumParams {
 }
 
 /// CUSUM detector for one series.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Cusum {
     level: f64,
     var: f64,
@@ -88,6 +88,11 @@ pub struct Cusum {
 }
 
 impl Cusum {
+    /// A loaded state has no buffers to check: any values are usable.
+    pub(super) fn check_state(&self, _fresh: &Self) -> Result<(), String> {
+        Ok(())
+    }
+
     /// A cold detector.
     pub fn new(p: &CusumParams) -> Self {
         Self {
@@ -145,6 +150,8 @@ impl Detector for Cusum {
             p,
         )
     }
+
+    super::serde_state!();
 
     fn state_bytes(&self) -> usize {
         std::mem::size_of::<Self>()

@@ -1,7 +1,10 @@
 //! The detection engine: one detector per series, fed batch by batch.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
 
 use super::{Detector, DetectorSpec};
 use crate::signal::{Anomaly, Direction, Sample, SeriesBatch, SeriesKey, TimestampMs};
@@ -167,6 +170,269 @@ impl Engine {
     }
 }
 
+/// The model file format this build writes and reads.
+pub const MODEL_FORMAT_VERSION: u32 = 1;
+
+/// The `format` field every model file carries, so a stray JSON file is
+/// not mistaken for one.
+const MODEL_FORMAT: &str = "aiopsd-detector-models";
+
+/// Why a model file could not be saved or loaded. Every message names the
+/// file and what is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// The file could not be read.
+    #[error("{}: cannot read model file: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file (or its temporary sibling) could not be written.
+    #[error("{}: cannot write model file: {source}", path.display())]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not a model file or is damaged; `message` names the field.
+    #[error("{}: invalid model file: {message}", path.display())]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong (field path, line and column when known).
+        message: String,
+    },
+    /// The file was written in a format version this build does not read.
+    #[error(
+        "{}: model file format version {found}, this aiopsd reads version {expected}; \
+         delete the file to start a fresh warm-up",
+        path.display()
+    )]
+    Version {
+        /// The file.
+        path: PathBuf,
+        /// The version in the file.
+        found: u64,
+        /// [`MODEL_FORMAT_VERSION`].
+        expected: u32,
+    },
+}
+
+/// What [`Engine::load_models`] restored.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ModelLoad {
+    /// Series whose detector state was restored: they need no warm-up.
+    pub restored: usize,
+    /// Series of signals that are no longer configured (ignored).
+    pub unknown_signal: usize,
+    /// Series whose signal's detector spec changed since the save: their
+    /// state does not fit, so they warm up anew.
+    pub spec_changed: usize,
+    /// Series already tracked by this engine (live state wins).
+    pub already_tracked: usize,
+    /// Series not restored because `max_series` was reached.
+    pub refused: usize,
+}
+
+/// On-disk layout of a model file (JSON).
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModelFile {
+    format: String,
+    version: u32,
+    /// Per signal: the spec its states were built from, and the states.
+    signals: BTreeMap<String, SavedSignal>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SavedSignal {
+    spec: DetectorSpec,
+    direction: Direction,
+    series: Vec<SavedSeries>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SavedSeries {
+    key: SeriesKey,
+    last_t: TimestampMs,
+    context: Vec<Sample>,
+    detector: serde_json::Value,
+}
+
+impl Engine {
+    /// Saves every tracked series' detector state to `path` (JSON, format
+    /// [`MODEL_FORMAT_VERSION`]), so a restart resumes without a new
+    /// warm-up. Written to a temporary sibling and renamed, so a crash
+    /// mid-write leaves the previous file intact. Returns the series saved.
+    pub fn save_models(&self, path: &Path) -> Result<usize, ModelError> {
+        let invalid = |message: String| ModelError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        };
+        let mut signals: BTreeMap<String, SavedSignal> = BTreeMap::new();
+        let mut keys: Vec<&Arc<SeriesKey>> = self.series.keys().collect();
+        keys.sort();
+        for key in keys {
+            let (Some(state), Some(signal)) = (self.series.get(key), self.signals.get(&key.signal))
+            else {
+                continue;
+            };
+            let detector = state
+                .detector
+                .save_state()
+                .map_err(|e| invalid(format!("series {key}: {e}")))?;
+            signals
+                .entry(key.signal.clone())
+                .or_insert_with(|| SavedSignal {
+                    spec: signal.spec.clone(),
+                    direction: signal.direction,
+                    series: Vec::new(),
+                })
+                .series
+                .push(SavedSeries {
+                    key: SeriesKey::clone(key),
+                    last_t: state.last_t,
+                    context: state.context.iter().copied().collect(),
+                    detector,
+                });
+        }
+        let saved = signals.values().map(|s| s.series.len()).sum();
+        let file = ModelFile {
+            format: MODEL_FORMAT.to_string(),
+            version: MODEL_FORMAT_VERSION,
+            signals,
+        };
+        let text = serde_json::to_vec(&file).map_err(|e| invalid(e.to_string()))?;
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(".tmp");
+        let tmp = PathBuf::from(tmp);
+        let write_err = |p: &Path, source| ModelError::Write {
+            path: p.to_path_buf(),
+            source,
+        };
+        std::fs::write(&tmp, text).map_err(|e| write_err(&tmp, e))?;
+        std::fs::rename(&tmp, path).map_err(|e| write_err(path, e))?;
+        Ok(saved)
+    }
+
+    /// Restores detector states saved by [`Engine::save_models`] for the
+    /// signals this engine is configured with. A series is restored only
+    /// when its signal's detector spec and direction are unchanged since
+    /// the save (otherwise the state would not fit: it warms up anew) and
+    /// it is not already tracked. The whole file is checked before
+    /// anything is restored: a damaged file changes nothing.
+    pub fn load_models(&mut self, path: &Path) -> Result<ModelLoad, ModelError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ModelError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let file = parse_model_file(&text, path)?;
+        let invalid = |message: String| ModelError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        };
+        let mut load = ModelLoad::default();
+        let mut restored: Vec<(Arc<SeriesKey>, SeriesState)> = Vec::new();
+        for (name, saved) in file.signals {
+            let Some(signal) = self.signals.get(&name) else {
+                load.unknown_signal += saved.series.len();
+                continue;
+            };
+            if signal.spec != saved.spec || signal.direction != saved.direction {
+                load.spec_changed += saved.series.len();
+                continue;
+            }
+            for (i, s) in saved.series.into_iter().enumerate() {
+                if s.key.signal != name {
+                    return Err(invalid(format!(
+                        "signals.{name}.series[{i}].key.signal: is {:?}, expected {name:?}",
+                        s.key.signal
+                    )));
+                }
+                let mut detector = signal.spec.build(signal.direction);
+                detector.load_state(s.detector).map_err(|e| {
+                    invalid(format!(
+                        "signals.{name}.series[{i}] ({}): detector: {e}",
+                        s.key
+                    ))
+                })?;
+                let mut context: VecDeque<Sample> = s.context.into_iter().collect();
+                while context.len() > self.context_len {
+                    context.pop_front();
+                }
+                context.reserve_exact(self.context_len - context.len());
+                restored.push((
+                    Arc::new(s.key),
+                    SeriesState {
+                        detector,
+                        last_t: s.last_t,
+                        context,
+                    },
+                ));
+            }
+        }
+        for (key, state) in restored {
+            if self.series.contains_key(&key) {
+                load.already_tracked += 1;
+            } else if self.series.len() >= self.max_series {
+                load.refused += 1;
+            } else {
+                self.series.insert(key, state);
+                load.restored += 1;
+            }
+        }
+        self.stats.series = self.series.len();
+        Ok(load)
+    }
+}
+
+/// Parses a model file: format and version first (so an old or foreign
+/// file gets that message, not a field error), then the typed layout with
+/// the failing field's path.
+fn parse_model_file(text: &str, path: &Path) -> Result<ModelFile, ModelError> {
+    let invalid = |message: String| ModelError::Invalid {
+        path: path.to_path_buf(),
+        message,
+    };
+    let tree: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| invalid(format!("not JSON: {e}")))?;
+    match tree.get("format").and_then(|f| f.as_str()) {
+        Some(MODEL_FORMAT) => {}
+        Some(other) => {
+            return Err(invalid(format!(
+                "format: is {other:?}, expected {MODEL_FORMAT:?}"
+            )))
+        }
+        None => {
+            return Err(invalid(format!(
+                "format: missing (expected {MODEL_FORMAT:?})"
+            )))
+        }
+    }
+    match tree.get("version").and_then(|v| v.as_u64()) {
+        Some(v) if v == u64::from(MODEL_FORMAT_VERSION) => {}
+        Some(found) => {
+            return Err(ModelError::Version {
+                path: path.to_path_buf(),
+                found,
+                expected: MODEL_FORMAT_VERSION,
+            })
+        }
+        None => return Err(invalid("version: missing or not a whole number".into())),
+    }
+    serde_path_to_error::deserialize(tree).map_err(|e| {
+        let field = e.path().to_string();
+        invalid(format!("{field}: {}", e.into_inner()))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -272,5 +538,165 @@ mod tests {
         e.observe(&batch(&key("checkout-service"), 0..100, |i| i as f64));
         let bytes = e.state_bytes_per_series();
         assert!(bytes > 500 && bytes <= 1024, "{bytes}");
+    }
+
+    fn ensemble_engine(spec: DetectorSpec) -> Engine {
+        Engine::new(
+            [(
+                "lat".to_string(),
+                SignalDetection {
+                    spec,
+                    direction: Direction::Both,
+                },
+            )],
+            i64::MAX,
+            8,
+            10,
+        )
+    }
+
+    /// A daily wave with noise; a spike at `spike` (if in range).
+    fn wave(spike: i64) -> impl Fn(i64) -> f64 {
+        move |i| {
+            let base = 10.0
+                + 3.0 * ((i % 288) as f64 / 288.0 * std::f64::consts::TAU).sin()
+                + 0.3 * crate::detect::test_noise(i as u64);
+            if i == spike {
+                base + 20.0
+            } else {
+                base
+            }
+        }
+    }
+
+    /// Like `batch`, at a 5-minute step (the daily profile needs days).
+    fn batch5(
+        key: &Arc<SeriesKey>,
+        range: std::ops::Range<i64>,
+        f: impl Fn(i64) -> f64,
+    ) -> SeriesBatch {
+        let mut b = batch(key, range, f);
+        for s in &mut b.series[0].samples {
+            s.t *= 10;
+        }
+        b.until *= 10;
+        b
+    }
+
+    #[test]
+    fn a_restored_engine_scores_exactly_like_one_that_never_stopped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("models.json");
+        let spec = DetectorSpec::Ensemble(Default::default());
+        let k = key("cart");
+        let mut live = ensemble_engine(spec.clone());
+        live.observe(&batch5(&k, 0..3000, wave(-1)));
+        assert_eq!(live.save_models(&path).expect("save"), 1);
+
+        let mut restarted = ensemble_engine(spec.clone());
+        let load = restarted.load_models(&path).expect("load");
+        assert_eq!(load.restored, 1, "{load:?}");
+        // A spike right after the restart: the restored engine sees it as
+        // the uninterrupted one does; a cold engine is still warming up.
+        let after = batch5(&k, 3000..3200, wave(3010));
+        let want = live.observe(&after);
+        assert_eq!(restarted.observe(&after), want);
+        let spike = 3010 * 300_000;
+        assert_eq!(want.first().map(|a| a.t), Some(spike), "{want:?}");
+        let mut cold = ensemble_engine(spec);
+        assert!(!cold.observe(&after).iter().any(|a| a.t == spike));
+        // Samples already scored before the save are skipped after it.
+        restarted.observe(&batch5(&k, 2990..3000, wave(-1)));
+        assert_eq!(restarted.stats().samples_skipped, 10);
+    }
+
+    #[test]
+    fn a_changed_spec_or_unknown_signal_warms_up_anew() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("models.json");
+        let mut e = ensemble_engine(DetectorSpec::Ensemble(Default::default()));
+        e.observe(&batch(&key("a"), 0..500, wave(-1)));
+        e.observe(&batch(&key("b"), 0..500, wave(-1)));
+        e.save_models(&path).expect("save");
+        let mut other = ensemble_engine(DetectorSpec::MedianMad(Default::default()));
+        let load = other.load_models(&path).expect("load");
+        assert_eq!((load.restored, load.spec_changed), (0, 2), "{load:?}");
+        let mut unrelated = Engine::new(
+            [(
+                "errors".to_string(),
+                SignalDetection {
+                    spec: DetectorSpec::Ensemble(Default::default()),
+                    direction: Direction::Both,
+                },
+            )],
+            600_000,
+            8,
+            10,
+        );
+        let load = unrelated.load_models(&path).expect("load");
+        assert_eq!((load.restored, load.unknown_signal), (0, 2), "{load:?}");
+    }
+
+    #[test]
+    fn a_malformed_model_file_is_refused_naming_the_file_and_the_problem() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let good = dir.path().join("models.json");
+        let mut e = ensemble_engine(DetectorSpec::Ensemble(Default::default()));
+        e.observe(&batch(&key("a"), 0..500, wave(-1)));
+        e.save_models(&good).expect("save");
+        let text = std::fs::read_to_string(&good).expect("read");
+        let tree: serde_json::Value = serde_json::from_str(&text).expect("json");
+
+        let check = |name: &str, content: String, wants: &[&str]| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, content).expect("write");
+            let mut fresh = ensemble_engine(DetectorSpec::Ensemble(Default::default()));
+            let err = fresh.load_models(&path).expect_err(name).to_string();
+            assert!(err.contains(name), "{err}");
+            for w in wants {
+                assert!(err.contains(w), "{name}: {err}");
+            }
+            assert_eq!(fresh.stats().series, 0, "{name}: nothing restored");
+        };
+        check(
+            "truncated.json",
+            text[..text.len() / 2].to_string(),
+            &["not JSON"],
+        );
+        let mut v = tree.clone();
+        v["version"] = 99.into();
+        check(
+            "future.json",
+            v.to_string(),
+            &["version 99", "reads version 1"],
+        );
+        let mut v = tree.clone();
+        v["format"] = "something-else".into();
+        check("foreign.json", v.to_string(), &["format", "something-else"]);
+        let mut v = tree.clone();
+        v["signals"]["lat"]["series"][0]["last_t"] = "yesterday".into();
+        check(
+            "field.json",
+            v.to_string(),
+            &["signals.lat.series[0].last_t"],
+        );
+        // A damaged detector state (ring index past its buffer) is refused
+        // at load rather than panicking on the next sample.
+        let mut v = tree.clone();
+        v["signals"]["lat"]["series"][0]["detector"]["median"]["next"] = 100_000.into();
+        check(
+            "state.json",
+            v.to_string(),
+            &["series[0]", "median_mad.next"],
+        );
+        check("missing.json", String::new(), &["not JSON"]);
+        let err = e
+            .load_models(&dir.path().join("absent.json"))
+            .expect_err("absent")
+            .to_string();
+        assert!(
+            err.contains("absent.json") && err.contains("cannot read"),
+            "{err}"
+        );
     }
 }

@@ -27,7 +27,7 @@ use linfa_clustering::KMeans as LinfaKMeans;
 use ndarray::Array2;
 use rand_xoshiro::rand_core::SeedableRng;
 use rand_xoshiro::Xoshiro256Plus;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::calibrate::{CalibrationParams, Calibrator};
 use super::median_mad::check_alarm;
@@ -50,7 +50,7 @@ const MIN_TYPICAL: f64 = 0.1;
 const SEED: u64 = 0x00A1_0A5D;
 
 /// Tunables of [`KMeansDetector`].
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct KMeansParams {
     /// Samples each feature vector describes, 4..=32. Default: `16`.
@@ -150,8 +150,12 @@ impl KMeansParams {
 }
 
 /// The k-means shape detector for one series.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct KMeansDetector {
+    /// Capacity of `recent` (samples) and of `train` (vectors): explicit,
+    /// not `Vec::capacity`, so a loaded state keeps them.
+    window: u16,
+    buffer: u16,
     /// Last `window` raw samples (ring).
     recent: Vec<f64>,
     recent_next: usize,
@@ -185,6 +189,10 @@ impl KMeansDetector {
         let clusters = (p.clusters as usize).clamp(2, MAX_CLUSTERS);
         let buffer = (p.buffer as usize).max(2 * clusters);
         Self {
+            // Both clamped small above (window ≤ 32; buffer from a u32
+            // validated ≤ 128): the casts cannot truncate valid tunables.
+            window: window as u16,
+            buffer: buffer.min(usize::from(u16::MAX)) as u16,
             recent: Vec::with_capacity(window),
             recent_next: 0,
             train: Vec::with_capacity(buffer * DIM),
@@ -205,6 +213,27 @@ impl KMeansDetector {
         }
     }
 
+    /// Checks a loaded state against `fresh`, a detector built from the
+    /// same spec: same sizes, indices inside their buffers.
+    pub(super) fn check_state(&self, fresh: &Self) -> Result<(), String> {
+        if (self.window, self.buffer, self.clusters, self.stride)
+            != (fresh.window, fresh.buffer, fresh.clusters, fresh.stride)
+        {
+            return Err("kmeans: saved with other window/buffer/clusters/stride".into());
+        }
+        let (window, buffer) = (usize::from(self.window), usize::from(self.buffer));
+        if self.recent.len() > window || self.train.len() > buffer * DIM {
+            return Err("kmeans: a buffer is longer than its capacity".into());
+        }
+        if !self.train.len().is_multiple_of(DIM)
+            || usize::from(self.fitted) > usize::from(self.clusters)
+        {
+            return Err("kmeans: training set or centroids inconsistent".into());
+        }
+        super::check_index("kmeans.recent_next", self.recent_next, window)?;
+        super::check_index("kmeans.train_next", self.train_next, buffer)
+    }
+
     /// The feature vector of the window ending with the newest sample,
     /// in units of the long-run spread.
     fn features(&self, x: f64) -> [f64; DIM] {
@@ -213,7 +242,7 @@ impl KMeansDetector {
         let var = self.recent.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n;
         // The oldest sample in the ring is the one `recent_next` points at
         // once the ring is full.
-        let oldest = if self.recent.len() < self.recent.capacity() {
+        let oldest = if self.recent.len() < usize::from(self.window) {
             self.recent[0]
         } else {
             self.recent[self.recent_next % self.recent.len()]
@@ -301,7 +330,7 @@ impl KMeansDetector {
 
     /// Adds `x` to the raw-sample ring.
     fn push_recent(&mut self, x: f64) {
-        let cap = self.recent.capacity();
+        let cap = usize::from(self.window);
         if self.recent.len() < cap {
             self.recent.push(x);
         } else {
@@ -313,7 +342,7 @@ impl KMeansDetector {
     /// Learns from `x` (already in the raw ring) and its features `f`;
     /// refits when due.
     fn learn(&mut self, x: f64, f: &[f64; DIM]) {
-        let cap = self.recent.capacity();
+        let cap = usize::from(self.window);
         // Long-run level and spread, robust (clipped) once warm.
         self.seen = self.seen.saturating_add(1);
         let w = (1.0 / f64::from(self.seen)).max(self.alpha);
@@ -331,7 +360,7 @@ impl KMeansDetector {
         }
         // Training ring: every `stride`-th vector once the window is full.
         if self.recent.len() == cap && self.seen.is_multiple_of(u32::from(self.stride)) {
-            let rows = self.train.capacity() / DIM;
+            let rows = usize::from(self.buffer);
             let v = f.map(|v| v as f32);
             if self.train.len() < rows * DIM {
                 self.train.extend_from_slice(&v);
@@ -342,7 +371,7 @@ impl KMeansDetector {
             }
         }
         self.since_fit += 1;
-        let first = self.fitted == 0 && self.train.len() == self.train.capacity();
+        let first = self.fitted == 0 && self.train.len() == usize::from(self.buffer) * DIM;
         if first || (self.fitted > 0 && self.since_fit >= self.refit) {
             self.fit();
             self.since_fit = 0;
@@ -396,8 +425,12 @@ impl Detector for KMeansDetector {
         )
     }
 
+    super::serde_state!();
+
     fn state_bytes(&self) -> usize {
-        std::mem::size_of::<Self>() + 8 * self.recent.capacity() + 4 * self.train.capacity()
+        std::mem::size_of::<Self>()
+            + 8 * usize::from(self.window)
+            + 4 * usize::from(self.buffer) * DIM
     }
 }
 

@@ -5,14 +5,14 @@
 //! baseline the way a mean does; the cost is a small ring buffer and a
 //! selection per sample.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::calibrate::{CalibrationParams, Calibrator};
 use super::{Detector, Score};
 use crate::signal::TimestampMs;
 
 /// Tunables of [`MedianMad`].
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MedianMadParams {
     /// Samples in the rolling window, 8..=256. Default: `128` (best of 64/128/256 on NAB).
@@ -72,8 +72,10 @@ thread_local! {
 }
 
 /// Rolling median/MAD detector for one series.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MedianMad {
+    /// Capacity of `ring` (explicit so a loaded state keeps it).
+    window: usize,
     ring: Vec<f64>,
     next: usize,
     alarm: f64,
@@ -85,11 +87,25 @@ impl MedianMad {
     pub fn new(p: &MedianMadParams) -> Self {
         let w = p.window as usize;
         Self {
+            window: w,
             ring: Vec::with_capacity(w),
             next: 0,
             alarm: p.alarm,
             cal: Calibrator::new(&p.calibration),
         }
+    }
+
+    /// Checks a loaded state against `fresh` (same spec).
+    pub(super) fn check_state(&self, fresh: &Self) -> Result<(), String> {
+        if self.window != fresh.window || self.ring.len() > self.window {
+            return Err(format!(
+                "median_mad: saved with window {} ({} values), configured {}",
+                self.window,
+                self.ring.len(),
+                fresh.window
+            ));
+        }
+        super::check_index("median_mad.next", self.next, self.window)
     }
 
     fn median(buf: &mut [f64]) -> f64 {
@@ -120,7 +136,7 @@ impl MedianMad {
     }
 
     fn learn(&mut self, x: f64) {
-        let cap = self.ring.capacity();
+        let cap = self.window;
         if self.ring.len() < cap {
             self.ring.push(x);
         } else {
@@ -150,8 +166,10 @@ impl Detector for MedianMad {
         )
     }
 
+    super::serde_state!();
+
     fn state_bytes(&self) -> usize {
-        std::mem::size_of::<Self>() + 8 * self.ring.capacity()
+        std::mem::size_of::<Self>() + 8 * self.window
     }
 }
 

@@ -90,6 +90,40 @@ pub fn parse_preset(text: &str, path: &Path) -> Result<Preset, PresetError> {
     Ok(preset)
 }
 
+/// The presets shipped in `models/presets/`, built into the binary so a
+/// signal can name one (`preset: latency`) without the files installed.
+pub const BUILTIN_PRESETS: &[(&str, &str)] = &[
+    ("counter", include_str!("../../models/presets/counter.yaml")),
+    ("cpu", include_str!("../../models/presets/cpu.yaml")),
+    (
+        "ensemble",
+        include_str!("../../models/presets/ensemble.yaml"),
+    ),
+    (
+        "error_ratio",
+        include_str!("../../models/presets/error_ratio.yaml"),
+    ),
+    ("latency", include_str!("../../models/presets/latency.yaml")),
+    ("memory", include_str!("../../models/presets/memory.yaml")),
+    (
+        "saturation",
+        include_str!("../../models/presets/saturation.yaml"),
+    ),
+    (
+        "throughput",
+        include_str!("../../models/presets/throughput.yaml"),
+    ),
+];
+
+/// A preset by name: a built-in one (see [`BUILTIN_PRESETS`]), or else a
+/// path to a preset file.
+pub fn resolve_preset(name: &str) -> Result<Preset, PresetError> {
+    match BUILTIN_PRESETS.iter().find(|(n, _)| *n == name) {
+        Some((n, text)) => parse_preset(text, Path::new(&format!("models/presets/{n}.yaml"))),
+        None => load_preset(Path::new(name)),
+    }
+}
+
 /// Loads and validates a preset file.
 pub fn load_preset(path: &Path) -> Result<Preset, PresetError> {
     let text = std::fs::read_to_string(path).map_err(|source| PresetError::Read {
@@ -101,6 +135,15 @@ pub fn load_preset(path: &Path) -> Result<Preset, PresetError> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn every_builtin_preset_parses_and_a_bad_name_names_the_file() {
+        for (name, _) in BUILTIN_PRESETS {
+            resolve_preset(name).unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+        let err = resolve_preset("no-such-preset").expect_err("unknown");
+        assert!(err.to_string().contains("no-such-preset"), "{err}");
+    }
+
     use super::*;
 
     fn presets_dir() -> PathBuf {

@@ -15,14 +15,14 @@
 //! samples were seen, so the first estimates are not biased towards the
 //! first sample as a cold EWMA would be.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::{Detector, Score};
 use crate::signal::{Direction, TimestampMs};
 
 /// Tunables of [`RobustEwma`]; each has a default that suits most
 /// service-level signals sampled every 30 s.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RobustEwmaParams {
     /// Smoothing of the level, in (0, 1): about `1/alpha` samples of memory.
@@ -160,7 +160,7 @@ impl RobustEwmaParams {
 /// Parameters are copied into the few fields the hot path needs rather than
 /// held as a shared pointer: 64 bytes inline beats a pointer chase per
 /// sample, and keeps each series self-contained.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RobustEwma {
     level: f64,
     var: f64,
@@ -180,6 +180,11 @@ pub struct RobustEwma {
 }
 
 impl RobustEwma {
+    /// A loaded state has no buffers to check: any values are usable.
+    pub(super) fn check_state(&self, _fresh: &Self) -> Result<(), String> {
+        Ok(())
+    }
+
     /// A cold detector with the given tunables.
     pub fn new(p: RobustEwmaParams, direction: Direction) -> Self {
         Self {
@@ -267,6 +272,8 @@ impl Detector for RobustEwma {
             anomalous,
         }
     }
+
+    super::serde_state!();
 
     fn state_bytes(&self) -> usize {
         std::mem::size_of::<Self>()

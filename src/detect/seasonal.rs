@@ -8,7 +8,7 @@
 //! (not sample count), so gaps and irregular steps do not shift the phase.
 //! State is two floats per bucket.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::calibrate::{CalibrationParams, Calibrator};
 use super::median_mad::check_alarm;
@@ -18,7 +18,7 @@ use crate::signal::TimestampMs;
 const DAY_MS: i64 = 86_400_000;
 
 /// Tunables of [`Seasonal`].
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SeasonalParams {
     /// Buckets per day, 1..=288. Default: `24` (hourly).
@@ -70,7 +70,7 @@ impl SeasonalParams {
 }
 
 /// Daily-profile detector for one series.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Seasonal {
     /// (mean, variance, samples) per bucket.
     profile: Vec<(f32, f32, u16)>,
@@ -80,6 +80,18 @@ pub struct Seasonal {
 }
 
 impl Seasonal {
+    /// Checks a loaded state against `fresh` (same spec).
+    pub(super) fn check_state(&self, fresh: &Self) -> Result<(), String> {
+        if self.profile.len() != fresh.profile.len() {
+            return Err(format!(
+                "seasonal: saved with {} buckets, configured {}",
+                self.profile.len(),
+                fresh.profile.len()
+            ));
+        }
+        Ok(())
+    }
+
     /// A cold detector.
     pub fn new(p: &SeasonalParams) -> Self {
         Self {
@@ -138,6 +150,8 @@ impl Detector for Seasonal {
             p,
         )
     }
+
+    super::serde_state!();
 
     fn state_bytes(&self) -> usize {
         std::mem::size_of::<Self>()

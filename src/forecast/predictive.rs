@@ -26,7 +26,10 @@ use serde::{Deserialize, Serialize};
 
 use super::{predict_breach, ForecastConfig, ForecastError, Forecaster, Limit, Prediction};
 use crate::config::{FieldError, HumanDuration};
-use crate::incident::{Incident, IncidentState, Peak, Severity, SignalEvidence, TimelineEntry};
+use crate::incident::{
+    ForecastBand, Incident, IncidentState, Peak, PredictionRecord, Severity, SignalEvidence,
+    TimelineEntry,
+};
 use crate::signal::{Sample, SeriesKey, TimestampMs};
 
 /// Group label that marks an incident as predictive; its value is the
@@ -104,7 +107,7 @@ fn d_true() -> bool {
 }
 
 /// Tunables of failure prediction; a section of the daemon's config
-/// (suggested: `forecast.predictive`).
+/// (`predictive:` in the config file).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PredictiveConfig {
@@ -194,7 +197,31 @@ impl Default for PredictiveConfig {
 }
 
 impl PredictiveConfig {
-    /// Checks ranges; paths start with `prefix` (e.g. `forecast.predictive`).
+    /// What `aiopsd demo` predicts: container memory against its limit,
+    /// a day ahead, refitted every half hour (the demo's simulated day
+    /// passes in seconds).
+    pub fn demo() -> Self {
+        Self {
+            limits: [(
+                "memory_working_set_bytes".to_string(),
+                LimitConfig {
+                    value: None,
+                    series: Some("memory_limit_bytes".into()),
+                    upper: true,
+                    unit: Unit::Bytes,
+                },
+            )]
+            .into(),
+            horizon: HumanDuration(Duration::from_secs(86_400)),
+            refit_every: HumanDuration(Duration::from_secs(1800)),
+            history: HumanDuration(Duration::from_secs(2 * 86_400)),
+            min_history: HumanDuration(Duration::from_secs(12 * 3600)),
+            evidence_samples: 240,
+            ..Self::default()
+        }
+    }
+
+    /// Checks ranges; paths start with `prefix` (e.g. `predictive`).
     pub fn validate(&self, prefix: &str) -> Result<(), Vec<FieldError>> {
         let mut errors = Vec::new();
         let mut err = |field: String, reason: String| {
@@ -296,6 +323,9 @@ pub struct PredictedBreach {
     pub unit: Unit,
     /// `critical` when the expected breach is within `critical_within`.
     pub severity: Severity,
+    /// Below this probability the breach no longer holds (the config's
+    /// `clear_probability`), kept with the record for verification.
+    pub clear_probability: f64,
 }
 
 impl PredictedBreach {
@@ -316,6 +346,52 @@ impl PredictedBreach {
             "{} of {subject} {verb} its {limit} limit {when} (p={:.2})",
             self.series.signal, p.probability
         )
+    }
+
+    /// The forecast as the incident stores it (chart, band, reasoning).
+    pub fn record(&self) -> PredictionRecord {
+        let p = &self.prediction;
+        let fit = &p.model.fit;
+        let model = format!(
+            "{:?} seasonality, {:?} trend, slope {}/day; out-of-sample MAE {} vs {} for seasonal naive ({} points)",
+            p.model.seasonality,
+            p.model.trend,
+            self.unit.format(p.model.slope_per_day),
+            self.unit.format(fit.mae),
+            self.unit.format(fit.baseline_mae),
+            fit.validation_points
+        )
+        .to_lowercase();
+        PredictionRecord {
+            signal: self.series.signal.clone(),
+            limit: p.limit.value,
+            upper: p.limit.upper,
+            limit_text: self.unit.format(p.limit.value),
+            probability: p.probability,
+            horizon_ms: p.horizon_ms,
+            at: self.at,
+            expected_breach_at: p.breach.and_then(|b| b.expected),
+            earliest_breach_at: p.breach.map(|b| b.earliest),
+            latest_breach_at: p.breach.and_then(|b| b.latest),
+            model,
+            reasoning: p.reasoning.clone(),
+            history: p.chart.history.clone(),
+            forecast: p
+                .chart
+                .forecast
+                .iter()
+                .map(|f| ForecastBand {
+                    t: f.t,
+                    mean: f.mean,
+                    lo80: f.lo80,
+                    hi80: f.hi80,
+                    lo95: f.lo95,
+                    hi95: f.hi95,
+                })
+                .collect(),
+            evaluations: 1,
+            clear_probability: self.clear_probability,
+        }
     }
 
     /// The predictive incident: group = the series' `group_by` labels (all
@@ -372,6 +448,8 @@ impl PredictedBreach {
             alerts: Vec::new(),
             diagnosis: None,
             decisions: Vec::new(),
+            logs: Vec::new(),
+            prediction: Some(Box::new(self.record())),
             timeline: Vec::new(),
         };
         let subject = subject(&incident);
@@ -492,7 +570,7 @@ impl PredictiveScanner {
         forecast: ForecastConfig,
     ) -> Result<Self, PredictiveError> {
         config
-            .validate("forecast.predictive")
+            .validate("predictive")
             .map_err(PredictiveError::Config)?;
         let forecast = ForecastConfig {
             horizon: config.horizon.max(forecast.horizon),
@@ -554,6 +632,15 @@ impl PredictiveScanner {
             let from = last - self.config.history.as_millis_i64();
             let cut = state.samples.partition_point(|s| s.t <= from);
             state.samples.drain(..cut);
+        }
+    }
+
+    /// Marks the series of a stored open predictive incident as open (after
+    /// a restart), so the scanner updates or resolves it rather than
+    /// opening a second one.
+    pub fn restore_open(&mut self, series: &SeriesKey) {
+        if self.config.limits.contains_key(&series.signal) {
+            self.series.entry(series.clone()).or_default().open = true;
         }
     }
 
@@ -623,9 +710,14 @@ impl PredictiveScanner {
                 .map(|p| (p, unit))
                 .map_err(|e| e.to_string())
         });
+        let limit_known = self.limit_for(key).is_ok();
         let cfg = &self.config;
         let state = self.series.get_mut(key)?;
-        state.last_eval = Some(now);
+        // Without a limit yet (its series comes in a later batch), evaluate
+        // again on the next scan rather than a whole `refit_every` later.
+        if limit_known {
+            state.last_eval = Some(now);
+        }
         let (prediction, unit) = match outcome {
             Ok(x) => x,
             Err(reason) => {
@@ -656,22 +748,35 @@ impl PredictiveScanner {
                 ),
             }));
         }
-        if prediction.is_alarm(cfg.min_probability)
-            || (state.open && prediction.probability >= cfg.clear_probability)
-        {
+        let holds = prediction.is_alarm(cfg.min_probability)
+            || (state.open && prediction.probability >= cfg.clear_probability);
+        if !holds && !state.open {
+            return None;
+        }
+        if !holds {
+            state.below += 1;
+        }
+        if holds || state.below < cfg.resolve_after {
+            // While open, every evaluation refreshes the incident's
+            // forecast, so verification and people see the latest
+            // probability, also while it is falling.
             let critical = cfg.critical_within.as_millis_i64();
             let severity = match prediction.breach.and_then(|b| b.expected) {
                 Some(t) if t - at <= critical => Severity::Critical,
                 _ => Severity::Warning,
             };
+            let clear_probability = cfg.clear_probability;
             let breach = Box::new(PredictedBreach {
                 series: key.clone(),
                 at,
                 prediction,
                 unit,
                 severity,
+                clear_probability,
             });
-            state.below = 0;
+            if holds {
+                state.below = 0;
+            }
             return Some(if state.open {
                 PredictiveEvent::Update(breach)
             } else {
@@ -679,13 +784,6 @@ impl PredictiveScanner {
                 tracing::info!(series = %key, probability = breach.prediction.probability, "A breach of the limit is predicted; opening a predictive incident.");
                 PredictiveEvent::Open(breach)
             });
-        }
-        if !state.open {
-            return None;
-        }
-        state.below += 1;
-        if state.below < cfg.resolve_after {
-            return None;
         }
         state.open = false;
         state.below = 0;
@@ -871,6 +969,7 @@ mod tests {
             .expect("prediction"),
             unit: Unit::Bytes,
             severity: Severity::Warning,
+            clear_probability: 0.5,
         };
         let mut incident = open.to_incident("prod", &[], 10);
         resolutions[0].apply(&mut incident);
@@ -966,17 +1065,14 @@ mod tests {
             ..PredictiveConfig::default()
         };
         let paths: Vec<String> = config
-            .validate("forecast.predictive")
+            .validate("predictive")
             .expect_err("invalid")
             .into_iter()
             .map(|e| e.path)
             .collect();
         assert_eq!(
             paths,
-            vec![
-                "forecast.predictive.clear_probability",
-                "forecast.predictive.limits.memory"
-            ]
+            vec!["predictive.clear_probability", "predictive.limits.memory"]
         );
     }
 

@@ -8,12 +8,16 @@
 
 pub mod alert;
 mod correlate;
+pub mod log_change;
 pub mod noise;
+pub mod prediction;
 pub mod report;
 mod store;
 
 pub use alert::{Alert, AlertBatch, AlertId, AlertReceipt, AlertStatus, AppliedAlert, NewAlert};
-pub use correlate::{Correlator, IncidentUpdate, UpdateKind};
+pub use correlate::{CorrelationConfig, Correlator, IncidentUpdate, UpdateKind};
+pub use log_change::{LogChangeKind, LogTemplateChange};
+pub use prediction::{ForecastBand, PredictionRecord};
 pub use store::{
     ActionPlanRecord, AlertFilter, IncidentFilter, IncidentPage, NewSilence, Setting, Store,
     StoreError,
@@ -182,8 +186,45 @@ pub struct Incident {
     /// The policy gate's decisions about this incident, oldest first.
     #[serde(default)]
     pub decisions: Vec<crate::remediate::record::DecisionRecord>,
+    /// Log templates whose rate changed around the start (issue 10);
+    /// empty without a log source.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub logs: Vec<LogTemplateChange>,
+    /// Set on a *predictive* incident (issue 11): the forecast that opened
+    /// it. Its presence is what makes the incident predictive
+    /// ([`Incident::kind`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prediction: Option<Box<PredictionRecord>>,
     /// History, oldest first.
     pub timeline: Vec<TimelineEntry>,
+}
+
+/// What opened an incident; policies match on it (`match.incident.kinds`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IncidentKind {
+    /// Detected by the anomaly detectors.
+    Anomaly,
+    /// Opened by Alertmanager alerts only.
+    Alert,
+    /// A forecast predicts a breach.
+    Predictive,
+}
+
+impl IncidentKind {
+    /// The lowercase name used in policies, the API and reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IncidentKind::Anomaly => "anomaly",
+            IncidentKind::Alert => "alert",
+            IncidentKind::Predictive => "predictive",
+        }
+    }
+
+    /// The kind of `incident`; see [`Incident::kind`].
+    pub fn of(incident: &Incident) -> IncidentKind {
+        incident.kind()
+    }
 }
 
 impl Incident {
@@ -191,6 +232,18 @@ impl Incident {
     /// the store keys open incidents by it.
     pub fn group_key(&self) -> String {
         group_key(&self.group)
+    }
+
+    /// `predictive` when a forecast opened it, `alert` when it has alerts
+    /// and no detected signals, else `anomaly`.
+    pub fn kind(&self) -> IncidentKind {
+        if self.prediction.is_some() {
+            IncidentKind::Predictive
+        } else if self.signals.is_empty() && !self.alerts.is_empty() {
+            IncidentKind::Alert
+        } else {
+            IncidentKind::Anomaly
+        }
     }
 
     /// A label of the group, if present (e.g. `service`).
@@ -264,6 +317,14 @@ impl Incident {
         self.resolved_at = other.resolved_at;
         if self.diagnosis.is_none() {
             self.diagnosis = other.diagnosis.clone();
+        }
+        for change in &other.logs {
+            if !self.logs.contains(change) {
+                self.logs.push(change.clone());
+            }
+        }
+        if other.prediction.is_some() {
+            self.prediction = other.prediction.clone();
         }
         for decision in &other.decisions {
             if !self.decisions.contains(decision) {

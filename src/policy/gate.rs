@@ -37,39 +37,7 @@ const MAX_FUTURE_SKEW_MS: i64 = 5 * 60_000;
 
 const HOUR_MS: i64 = 3_600_000;
 
-/// What opened the incident (policies match on it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum IncidentKind {
-    /// Detected by the anomaly detectors.
-    Anomaly,
-    /// Opened by Alertmanager alerts only.
-    Alert,
-    /// A forecast predicts a breach.
-    Predictive,
-}
-
-impl IncidentKind {
-    /// The lowercase name used in policies.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            IncidentKind::Anomaly => "anomaly",
-            IncidentKind::Alert => "alert",
-            IncidentKind::Predictive => "predictive",
-        }
-    }
-
-    /// `alert` for an incident of alerts only, else `anomaly` (a
-    /// predictive incident cannot be told from its fields; its producer
-    /// says so explicitly).
-    pub fn of(incident: &Incident) -> IncidentKind {
-        if incident.signals.is_empty() && !incident.alerts.is_empty() {
-            IncidentKind::Alert
-        } else {
-            IncidentKind::Anomaly
-        }
-    }
-}
+pub use crate::incident::IncidentKind;
 
 /// An action someone suggested (diagnosis rules or the LLM). It can only
 /// narrow: rules whose verb differs are not candidates. It never widens

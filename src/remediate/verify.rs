@@ -15,7 +15,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::incident::{AlertStatus, Incident};
+use crate::incident::{AlertStatus, Incident, IncidentState, PredictionRecord};
 use crate::signal::{format_ts, TimestampMs};
 
 /// The verdict at one moment.
@@ -41,6 +41,9 @@ pub fn judge(
     cursors: &BTreeMap<String, Option<TimestampMs>>,
     timed_out: bool,
 ) -> Verdict {
+    if let Some(prediction) = &incident.prediction {
+        return judge_prediction(incident, prediction, verify_from, timed_out);
+    }
     let still: Vec<String> = incident
         .signals
         .iter()
@@ -108,10 +111,57 @@ pub fn judge(
     ))
 }
 
+/// A predictive incident has nothing anomalous to go quiet: the action
+/// helped when a forecast made after it no longer predicts the breach (or
+/// the scanner has resolved the incident), and did not when the breach is
+/// still predicted at the timeout.
+fn judge_prediction(
+    incident: &Incident,
+    prediction: &PredictionRecord,
+    verify_from: TimestampMs,
+    timed_out: bool,
+) -> Verdict {
+    let fresh = prediction.at >= verify_from;
+    if incident.state == IncidentState::Resolved
+        && incident.resolved_at.is_some_and(|t| t >= verify_from)
+    {
+        return Verdict::Recovered(format!(
+            "the breach of {} is no longer predicted (incident resolved at {})",
+            prediction.limit_text,
+            format_ts(incident.resolved_at.unwrap_or(verify_from))
+        ));
+    }
+    if fresh && prediction.cleared() {
+        return Verdict::Recovered(format!(
+            "a forecast made at {} gives {:.0} % for reaching {} (below {:.0} %)",
+            format_ts(prediction.at),
+            prediction.probability * 100.0,
+            prediction.limit_text,
+            prediction.clear_probability * 100.0
+        ));
+    }
+    if !timed_out {
+        return Verdict::Pending;
+    }
+    let latest = if fresh {
+        format!(
+            "the forecast made at {} still gives {:.0} %",
+            format_ts(prediction.at),
+            prediction.probability * 100.0
+        )
+    } else {
+        "no forecast was made after the action".to_string()
+    };
+    Verdict::NotRecovered(format!(
+        "verification timed out with the breach of {} still predicted: {latest}",
+        prediction.limit_text
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::incident::{IncidentState, Peak, Severity, SignalEvidence};
+    use crate::incident::{Peak, Severity, SignalEvidence};
     use crate::signal::SeriesKey;
 
     const T0: TimestampMs = 1_700_000_000_000;
@@ -146,6 +196,8 @@ mod tests {
             alerts: Vec::new(),
             diagnosis: None,
             decisions: Vec::new(),
+            logs: Vec::new(),
+            prediction: None,
             timeline: Vec::new(),
         }
     }
@@ -201,5 +253,69 @@ mod tests {
             matches!(&v, Verdict::NotRecovered(r) if r.contains("no data")),
             "{v:?}"
         );
+    }
+
+    fn predicted(at: TimestampMs, probability: f64) -> Incident {
+        let mut inc = incident(at);
+        inc.prediction = Some(Box::new(PredictionRecord {
+            signal: "memory".into(),
+            limit: 1024.0,
+            upper: true,
+            limit_text: "1 KiB".into(),
+            probability,
+            horizon_ms: 86_400_000,
+            at,
+            expected_breach_at: None,
+            earliest_breach_at: None,
+            latest_breach_at: None,
+            model: String::new(),
+            reasoning: String::new(),
+            history: Vec::new(),
+            forecast: Vec::new(),
+            evaluations: 2,
+            clear_probability: 0.5,
+        }));
+        inc
+    }
+
+    #[test]
+    fn predictive_incident_recovers_when_a_later_forecast_clears_it() {
+        let from = T0 + 10 * MIN;
+        // The last forecast predates the action: wait, then fail at the timeout.
+        let before = predicted(T0, 0.95);
+        assert_eq!(
+            judge(&before, from, MIN, &cursors(None), false),
+            Verdict::Pending
+        );
+        match judge(&before, from, MIN, &cursors(None), true) {
+            Verdict::NotRecovered(why) => {
+                assert!(why.contains("no forecast was made after"), "{why}")
+            }
+            v => panic!("{v:?}"),
+        }
+        // A later forecast still predicting the breach is not a recovery.
+        let still = predicted(from + 30 * MIN, 0.9);
+        assert_eq!(
+            judge(&still, from, MIN, &cursors(None), false),
+            Verdict::Pending
+        );
+        assert!(matches!(
+            judge(&still, from, MIN, &cursors(None), true),
+            Verdict::NotRecovered(_)
+        ));
+        // A later forecast below the clear probability is.
+        let cleared = predicted(from + 30 * MIN, 0.1);
+        assert!(matches!(
+            judge(&cleared, from, MIN, &cursors(None), false),
+            Verdict::Recovered(_)
+        ));
+        // So is the scanner resolving the incident.
+        let mut resolved = predicted(from + 30 * MIN, 0.6);
+        resolved.state = IncidentState::Resolved;
+        resolved.resolved_at = Some(from + 60 * MIN);
+        assert!(matches!(
+            judge(&resolved, from, MIN, &cursors(None), false),
+            Verdict::Recovered(_)
+        ));
     }
 }

@@ -105,24 +105,53 @@ impl Scenario {
 struct SimSignal {
     name: &'static str,
     direction: Direction,
+    /// Scored by the anomaly detectors; memory is only forecast (failure
+    /// prediction), as a `predictive:` config would do with it.
+    detect: bool,
 }
 
-const SIGNALS: [SimSignal; 3] = [
+/// The memory limit's signal comes before memory itself, so the first
+/// forecast already knows the limit.
+const SIGNALS: [SimSignal; 5] = [
     SimSignal {
         name: "request_rate",
         direction: Direction::Both,
+        detect: true,
     },
     SimSignal {
         name: "error_ratio",
         direction: Direction::Up,
+        detect: true,
     },
     SimSignal {
         name: "latency_p99_seconds",
         direction: Direction::Up,
+        detect: true,
+    },
+    SimSignal {
+        name: "memory_limit_bytes",
+        direction: Direction::Up,
+        detect: false,
+    },
+    SimSignal {
+        name: "memory_working_set_bytes",
+        direction: Direction::Up,
+        detect: false,
     },
 ];
 
-const SERVICES: [(&str, f64); 2] = [("checkout", 1.0), ("catalog", 2.5)];
+const SERVICES: [(&str, f64); 3] = [("checkout", 1.0), ("catalog", 2.5), ("orders", 0.6)];
+
+/// The service with the slow memory leak.
+pub const LEAKING_SERVICE: &str = "orders";
+
+const MIB: f64 = 1_048_576.0;
+/// Every container's memory limit.
+const MEMORY_LIMIT: f64 = 1024.0 * MIB;
+/// The leak: memory starts here after each (re)start ...
+const LEAK_BASE: f64 = 220.0 * MIB;
+/// ... and grows this much per day.
+const LEAK_PER_DAY: f64 = 480.0 * MIB;
 
 /// A fault ends this long after the simulated cluster saw an action on
 /// the faulty workload (pods replaced, caches warm).
@@ -168,6 +197,7 @@ impl SimSource {
     pub fn signal_detections() -> Vec<(String, SignalDetection)> {
         SIGNALS
             .iter()
+            .filter(|s| s.detect)
             .map(|s| {
                 (
                     s.name.to_string(),
@@ -191,6 +221,8 @@ impl SimSource {
         let slow = self.in_fault(&self.scenario.second, service, t);
         match signal {
             "request_rate" => scale * 120.0 * load * (1.0 + 0.04 * n),
+            "memory_limit_bytes" => MEMORY_LIMIT,
+            "memory_working_set_bytes" => self.memory(service, load, n, t),
             "error_ratio" => {
                 if faulty {
                     0.15 * (1.0 + 0.1 * n)
@@ -210,6 +242,25 @@ impl SimSource {
                 }
             }
         }
+    }
+
+    /// Container memory: steady (with a little load-driven swing) for most
+    /// services — `checkout` sits at ~70 % of its limit, close but flat,
+    /// which must not be predicted to breach — and a leak for
+    /// [`LEAKING_SERVICE`] that starts over when the workload restarts.
+    fn memory(&self, service: &str, load: f64, n: f64, t: TimestampMs) -> f64 {
+        if service != LEAKING_SERVICE {
+            let base = if service == "checkout" { 700.0 } else { 420.0 };
+            return (base + 20.0 * load + 6.0 * n) * MIB;
+        }
+        let restarted = self
+            .cluster
+            .as_ref()
+            .and_then(|c| c.remedied_at(&self.scenario.fault.namespace, service))
+            .filter(|&at| t >= at + RECOVERY_MS);
+        let since = restarted.unwrap_or(self.scenario.start);
+        let days = (t - since) as f64 / DAY_MS as f64;
+        (LEAK_BASE + LEAK_PER_DAY * days + 4.0 * n * MIB).min(MEMORY_LIMIT)
     }
 
     /// All series of all signals over `[from, to)`, one batch per signal.
@@ -286,8 +337,9 @@ fn hash(s: &str) -> u64 {
     })
 }
 
-/// Deterministic noise in [-1, 1) (splitmix64 finaliser).
-fn noise(seed: u64) -> f64 {
+/// Deterministic noise in [-1, 1) (splitmix64 finaliser); the demo's
+/// other simulations share it.
+pub(crate) fn noise(seed: u64) -> f64 {
     let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
@@ -338,5 +390,31 @@ mod tests {
                 assert!(s.samples.windows(2).all(|w| w[0].t < w[1].t));
             }
         }
+    }
+
+    #[test]
+    fn the_leak_grows_until_a_restart_and_then_starts_over() {
+        let scenario = Scenario::standard(10 * DAY_MS);
+        let start = scenario.start;
+        let cluster = Arc::new(SimCluster::new(&[("demo", LEAKING_SERVICE, 2)]));
+        let sim = SimSource::new(scenario.clone()).with_cluster(Arc::clone(&cluster));
+        let memory = |t| sim.value("memory_working_set_bytes", LEAKING_SERVICE, 0.6, t);
+        let early = memory(start + HOUR_MS);
+        let late = memory(scenario.live_from);
+        assert!(late - early > 400.0 * MIB, "{early} -> {late}");
+        assert!(
+            late < MEMORY_LIMIT,
+            "not breached yet at the start of the live part"
+        );
+        let plan = crate::remediate::plan::PlannedAction::Restart {
+            target: cluster.resolve("demo", LEAKING_SERVICE).expect("exists"),
+            max_unavailable: 1,
+        };
+        let acted = scenario.live_from + 60_000;
+        cluster.execute("a1", &plan, acted).expect("execute");
+        assert!(memory(acted + RECOVERY_MS) < 260.0 * MIB);
+        // The flat services stay flat, however close to the limit.
+        let checkout = |t| sim.value("memory_working_set_bytes", "checkout", 1.0, t);
+        assert!((checkout(scenario.live_from) - checkout(start + HOUR_MS)).abs() < 60.0 * MIB);
     }
 }

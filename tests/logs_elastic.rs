@@ -355,12 +355,16 @@ async fn the_query_uses_the_configured_fields_and_time_range() {
     fake.add_docs([Doc {
         id: "x".into(),
         timestamp_ms: T0 + 5,
-        source: json!({"msg": "hello", "kubernetes.app": "cart"}),
+        source: json!({"msg": "hello", "kubernetes.app": "cart",
+                       "kubernetes": {"ns": "shop"}, "severity": 50}),
     }]);
     let mut c = config(&fake.url(), 250);
     c.timestamp_field = "event.created".into();
     c.message_field = "msg".into();
     c.service_field = "kubernetes.app".into();
+    c.namespace_field = Some("kubernetes.ns".into());
+    // A numeric level (bunyan, syslog) is kept as its text.
+    c.level_field = Some("severity".into());
     let source = ElasticSource::new(&c).expect("valid config");
     let mut cp = Checkpoint::starting_at(T0);
     let (result, got) = read_all(&source, &mut cp, T0 + 60_000).await;
@@ -371,6 +375,8 @@ async fn the_query_uses_the_configured_fields_and_time_range() {
             id: "x".into(),
             timestamp_ms: T0 + 5,
             service: Some("cart".into()),
+            namespace: Some("shop".into()),
+            level: Some("50".into()),
             message: "hello".into()
         }]
     );
@@ -393,7 +399,11 @@ async fn the_query_uses_the_configured_fields_and_time_range() {
         body["sort"],
         json!([{"event.created": {"order": "asc", "numeric_type": "date"}}, {"_shard_doc": "asc"}])
     );
-    assert_eq!(body["_source"], json!(["msg", "kubernetes.app"]));
+    assert_eq!(
+        body["_source"],
+        json!(["msg", "kubernetes.app", "kubernetes.ns", "severity"]),
+        "only the configured fields are fetched"
+    );
     let close = requests.last().expect("requests");
     assert_eq!(
         (close.method.as_str(), close.path.as_str()),
@@ -443,6 +453,8 @@ fn examples_are_redacted() {
         id: i.to_string(),
         timestamp_ms: T0 + i,
         service: Some("auth".into()),
+        namespace: None,
+        level: None,
         message: m.into(),
     };
     let (svc, id) = counter.add(&doc(1, "login failed password=hunter2 from 10.0.0.1"));

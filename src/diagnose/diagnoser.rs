@@ -88,6 +88,9 @@ impl Diagnoser {
     pub async fn diagnose(&self, incident: &Incident, now: TimestampMs) -> Diagnosis {
         let mut bundle = from_incident(incident, &self.kinds);
         self.add_correlated(incident, &mut bundle);
+        // Log templates that changed around the start (issue 10). Service
+        // names for "mentions" come from the incident's own group only.
+        super::log_evidence::push_incident_logs(&mut bundle, incident, &[]);
         if let Some(client) = &self.kube {
             let since = incident.opened_at.saturating_sub(CHANGE_LOOKBACK_MS);
             for target in bundle.targets.clone() {

@@ -197,6 +197,71 @@ pub fn push_log_changes(
         .collect()
 }
 
+/// Adds a `Log` item for each of `incident.logs` (the templates the log
+/// pipeline found changed around the incident's start, already redacted
+/// when stored; redacted again here, cheaply, in case a store predates
+/// that), with per-minute rates and the `known_services` the lines
+/// mention. Returns the new ids. This is how stored log evidence reaches
+/// the rules and the LLM.
+pub fn push_incident_logs(
+    bundle: &mut EvidenceBundle,
+    incident: &crate::incident::Incident,
+    known_services: &[String],
+) -> Vec<EvidenceId> {
+    use crate::incident::LogChangeKind;
+    incident
+        .logs
+        .iter()
+        .map(|c| {
+            let minutes = (c.window_ms as f64 / 60_000.0).max(f64::MIN_POSITIVE);
+            let before = c.before as f64 / minutes;
+            let during = c.after as f64 / minutes;
+            let examples: Vec<String> = c
+                .examples
+                .iter()
+                .map(|l| redact_secrets(l).into_owned())
+                .collect();
+            let template = redact_secrets(&c.template).into_owned();
+            let mut mentions = BTreeSet::new();
+            for text in examples.iter().chain(std::iter::once(&template)) {
+                mentions.extend(find_mentions(text, known_services, &c.service));
+            }
+            let mentions: Vec<String> = mentions.into_iter().collect();
+            let summary = format!(
+                "{} logs: \"{}\" {} → {}/min ({}){}.",
+                c.service,
+                shorten(&template, 120),
+                fmt_num(before),
+                fmt_num(during),
+                match c.change {
+                    LogChangeKind::New => "new",
+                    LogChangeKind::Surge => "surge",
+                    LogChangeKind::Vanished => "vanished",
+                    LogChangeKind::Drop => "drop",
+                },
+                if mentions.is_empty() {
+                    String::new()
+                } else {
+                    format!(", mentions {}", mentions.join(", "))
+                },
+            );
+            bundle.push(
+                EvidenceSource::Log,
+                incident.opened_at,
+                summary,
+                EvidenceDetail::Log {
+                    service: c.service.clone(),
+                    template,
+                    rate_before: before,
+                    rate_during: during,
+                    examples,
+                    mentions,
+                },
+            )
+        })
+        .collect()
+}
+
 /// The `known` services named in `text` as whole words (split on
 /// anything but letters, digits, `-` and `_`, so `payments.shop.svc:8080`
 /// and `http://payments/charge` both name `payments`), except `own`.
@@ -244,6 +309,61 @@ mod tests {
             ["payments"]
         );
         assert!(find_mentions("paymentservice down", &known(), "cart").is_empty());
+    }
+
+    #[test]
+    fn stored_incident_logs_become_items_with_rates_and_mentions() {
+        let mut incident = crate::incident::Incident {
+            id: Some(1),
+            cluster: "c".into(),
+            group: [("service".to_string(), "cart".to_string())].into(),
+            state: crate::incident::IncidentState::Open,
+            severity: crate::incident::Severity::Warning,
+            opened_at: 600_000,
+            last_anomaly_at: 600_000,
+            resolved_at: None,
+            anomaly_count: 1,
+            signals: Vec::new(),
+            alerts: Vec::new(),
+            diagnosis: None,
+            decisions: Vec::new(),
+            logs: Vec::new(),
+            prediction: None,
+            timeline: Vec::new(),
+        };
+        incident.logs.push(crate::incident::LogTemplateChange {
+            service: "cart".into(),
+            template_id: 3,
+            template: "POST http://payments/charge failed token=<*>".into(),
+            level: Some("error".into()),
+            change: crate::incident::LogChangeKind::New,
+            before: 0,
+            after: 50,
+            window_ms: 300_000,
+            first_seen: Some(590_000),
+            examples: vec!["POST http://payments/charge failed password=hunter2".into()],
+        });
+        let mut b = EvidenceBundle::default();
+        let ids = push_incident_logs(&mut b, &incident, &known());
+        assert_eq!(ids.len(), 1);
+        let EvidenceDetail::Log {
+            rate_before,
+            rate_during,
+            examples,
+            mentions,
+            ..
+        } = &b.items[0].detail
+        else {
+            panic!("expected a log item");
+        };
+        assert_eq!((*rate_before, *rate_during), (0.0, 10.0));
+        assert_eq!(mentions, &["payments"]);
+        assert!(!examples[0].contains("hunter2"), "{examples:?}");
+        assert!(
+            b.items[0].summary.contains("(new)"),
+            "{}",
+            b.items[0].summary
+        );
     }
 
     #[test]

@@ -131,6 +131,54 @@ pub struct ElasticConfig {
     /// cap). Default: `500ms`.
     #[serde(default = "default_retry_backoff")]
     pub retry_backoff: HumanDuration,
+    /// Field holding the Kubernetes namespace, e.g. `kubernetes.namespace`.
+    /// Its value becomes the `namespace` label of the log signals, so they
+    /// group with metric anomalies of the same namespace (see
+    /// `incidents.group_by`). Default: none (no `namespace` label unless
+    /// `labels` sets one).
+    #[serde(default)]
+    pub namespace_field: Option<String>,
+    /// Field holding the log level (`error`, `WARN`, ...). Default:
+    /// `log.level` (ECS). `null` turns level counting off.
+    #[serde(default = "default_level_field")]
+    pub level_field: Option<String>,
+    /// Levels counted by the `log_error_rate` signal, compared without
+    /// regard to case. Default: `error`, `err`, `fatal`, `critical`,
+    /// `crit`, `alert`, `emerg`, `panic`, `warn`, `warning`.
+    #[serde(default = "default_error_levels")]
+    pub error_levels: Vec<String>,
+    /// Labels added to every log signal series, e.g. `{namespace: shop}`
+    /// when the index holds one namespace's logs. Names are Prometheus
+    /// label names; `service` and `template` are set by the pipeline and
+    /// may not be given. Default: none.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Width of one counting bucket: log signals get one sample per
+    /// bucket. Default: `1m`; 1s to 1h.
+    #[serde(default = "default_bucket")]
+    pub bucket: HumanDuration,
+    /// History read on the very first start (no stored checkpoint), so the
+    /// detectors are warm. Default: `1h`.
+    #[serde(default = "default_backfill")]
+    pub backfill: HumanDuration,
+    /// How long per-bucket template counts are kept in the store; also the
+    /// history replayed into the detectors after a restart. Default: `6h`;
+    /// at least `evidence_window` twice and one bucket.
+    #[serde(default = "default_retention")]
+    pub retention: HumanDuration,
+    /// Templates per service that get their own `log_template_rate`
+    /// series (the first ones to reach 5 lines in a bucket). Default:
+    /// `20`; at most 200.
+    #[serde(default = "default_max_template_series")]
+    pub max_template_series: usize,
+    /// Incident evidence compares this long before an incident's start
+    /// with this long from it. Default: `10m`; at least one bucket.
+    #[serde(default = "default_evidence_window")]
+    pub evidence_window: HumanDuration,
+    /// Detector of the log signals. Default: `robust_ewma` with its usual
+    /// tunables but `min_spread: 1` (counts of a few lines are noise).
+    #[serde(default)]
+    pub detector: Option<crate::detect::DetectorSpec>,
 }
 
 fn default_timestamp_field() -> String {
@@ -160,6 +208,34 @@ fn default_max_retries() -> u32 {
 fn default_retry_backoff() -> HumanDuration {
     HumanDuration(Duration::from_millis(500))
 }
+fn default_level_field() -> Option<String> {
+    Some("log.level".into())
+}
+fn default_error_levels() -> Vec<String> {
+    [
+        "error", "err", "fatal", "critical", "crit", "alert", "emerg", "panic", "warn", "warning",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+fn default_bucket() -> HumanDuration {
+    HumanDuration::secs(60)
+}
+fn default_backfill() -> HumanDuration {
+    HumanDuration::secs(3600)
+}
+fn default_retention() -> HumanDuration {
+    HumanDuration::secs(6 * 3600)
+}
+fn default_max_template_series() -> usize {
+    20
+}
+fn default_evidence_window() -> HumanDuration {
+    HumanDuration::secs(600)
+}
+
+/// Label names the pipeline sets itself; `labels` may not set them.
+const RESERVED_LABELS: [&str; 2] = ["service", "template"];
 
 impl ElasticConfig {
     /// A configuration with the defaults for `url` and `index`.
@@ -177,7 +253,27 @@ impl ElasticConfig {
             timeout: default_timeout(),
             max_retries: default_max_retries(),
             retry_backoff: default_retry_backoff(),
+            namespace_field: None,
+            level_field: default_level_field(),
+            error_levels: default_error_levels(),
+            labels: BTreeMap::new(),
+            bucket: default_bucket(),
+            backfill: default_backfill(),
+            retention: default_retention(),
+            max_template_series: default_max_template_series(),
+            evidence_window: default_evidence_window(),
+            detector: None,
         }
+    }
+
+    /// The detector of the log signals (see [`ElasticConfig::detector`]).
+    pub fn detector_spec(&self) -> crate::detect::DetectorSpec {
+        self.detector.clone().unwrap_or_else(|| {
+            crate::detect::DetectorSpec::RobustEwma(crate::detect::RobustEwmaParams {
+                min_spread: 1.0,
+                ..Default::default()
+            })
+        })
     }
 
     /// Reports each invalid field as `(path, reason)`, paths under
@@ -229,6 +325,71 @@ impl ElasticConfig {
                 at("retry_backoff"),
                 format!("must be at most 30s, got {}", self.retry_backoff),
             );
+        }
+        for (name, value) in [
+            ("namespace_field", &self.namespace_field),
+            ("level_field", &self.level_field),
+        ] {
+            if let Some(Err(reason)) = value.as_deref().map(check_field_name) {
+                err(at(name), reason);
+            }
+        }
+        for (name, value) in &self.labels {
+            let valid = name
+                .chars()
+                .enumerate()
+                .all(|(i, c)| c == '_' || c.is_ascii_alphabetic() || (i > 0 && c.is_ascii_digit()));
+            if name.is_empty() || !valid || name.starts_with("__") {
+                err(
+                    at(&format!("labels.{name}")),
+                    "must be a Prometheus label name ([a-zA-Z_][a-zA-Z0-9_]*, no leading __)"
+                        .into(),
+                );
+            } else if RESERVED_LABELS.contains(&name.as_str()) {
+                err(
+                    at(&format!("labels.{name}")),
+                    "is set by the log pipeline and may not be configured".into(),
+                );
+            } else if value.is_empty() {
+                err(at(&format!("labels.{name}")), "must not be empty".into());
+            }
+        }
+        let bucket = self.bucket.0;
+        if bucket < Duration::from_secs(1) || bucket > Duration::from_secs(3600) {
+            err(
+                at("bucket"),
+                format!("must be 1s to 1h, got {}", self.bucket),
+            );
+        }
+        if self.evidence_window.0 < bucket {
+            err(
+                at("evidence_window"),
+                format!(
+                    "must be at least one bucket ({}), got {}",
+                    self.bucket, self.evidence_window
+                ),
+            );
+        }
+        if self.retention.0 < bucket || self.retention.0 < self.evidence_window.0.saturating_mul(2)
+        {
+            err(
+                at("retention"),
+                format!(
+                    "must be at least one bucket and twice evidence_window, got {}",
+                    self.retention
+                ),
+            );
+        }
+        if self.max_template_series > 200 {
+            err(
+                at("max_template_series"),
+                format!("must be at most 200, got {}", self.max_template_series),
+            );
+        }
+        if let Some(spec) = &self.detector {
+            if let Err(reason) = spec.validate() {
+                err(at("detector"), reason);
+            }
         }
         if let Some(ElasticAuth::Basic { username, .. }) = &self.auth {
             if username.is_empty() || username.contains(':') {
@@ -346,6 +507,11 @@ pub struct LogDoc {
     pub timestamp_ms: i64,
     /// The service field's value, if present and a string.
     pub service: Option<String>,
+    /// The namespace field's value, if configured, present and a string.
+    pub namespace: Option<String>,
+    /// The level field's value, if configured and present (a number is
+    /// kept as its text).
+    pub level: Option<String>,
     /// The message field's value.
     pub message: String,
 }
@@ -652,13 +818,24 @@ impl ElasticSource {
             "pit": { "id": pit, "keep_alive": PIT_KEEP_ALIVE },
             "query": { "bool": { "filter": [ { "range": range } ] } },
             "sort": [ sort_ts, { "_shard_doc": "asc" } ],
-            "_source": [ self.config.message_field, self.config.service_field ],
+            "_source": self.source_fields(),
             "track_total_hits": false,
         });
         if let (Some(after), Some(obj)) = (after, body.as_object_mut()) {
             obj.insert("search_after".into(), Value::Array(after.to_vec()));
         }
         body
+    }
+
+    /// The `_source` fields a search asks for: only what is used.
+    fn source_fields(&self) -> Vec<&str> {
+        let mut fields = vec![
+            self.config.message_field.as_str(),
+            self.config.service_field.as_str(),
+        ];
+        fields.extend(self.config.namespace_field.as_deref());
+        fields.extend(self.config.level_field.as_deref());
+        fields
     }
 
     fn parse_hit(&self, hit: &Value) -> Option<LogDoc> {
@@ -671,10 +848,29 @@ impl ElasticSource {
         let service = field(source, &self.config.service_field)
             .and_then(Value::as_str)
             .map(str::to_owned);
+        let namespace = self
+            .config
+            .namespace_field
+            .as_deref()
+            .and_then(|f| field(source, f))
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        let level = self
+            .config
+            .level_field
+            .as_deref()
+            .and_then(|f| field(source, f))
+            .and_then(|v| match v {
+                Value::String(s) => Some(s.clone()),
+                Value::Number(n) => Some(n.to_string()),
+                _ => None,
+            });
         Some(LogDoc {
             id,
             timestamp_ms,
             service,
+            namespace,
+            level,
             message,
         })
     }

@@ -7,15 +7,23 @@
 //! is the quality metric of docs/LOGS.md. The offline side is
 //! `aiopsd logs templates FILE`.
 //!
-//! Everything here is pure and synchronous, like the detectors: the
-//! Elasticsearch source (later) feeds it, and the maths is tested and
-//! benchmarked without a runtime.
+//! The miner, [`window`], [`signals`] and [`changes`] are pure and
+//! synchronous, like the detectors, so the maths is tested and benchmarked
+//! without a runtime. The I/O is in [`elastic`] (the Elasticsearch source)
+//! and [`pipeline`] (the daemon task: read, commit counts and checkpoint
+//! to the store, send template-rate signals to detection, attach log
+//! evidence to incidents). docs/LOGS.md describes the whole.
 
+pub mod changes;
 pub mod elastic;
 pub mod mask;
+pub mod metrics;
 mod miner;
+pub mod pipeline;
 mod redact;
+pub mod signals;
 mod tool;
+pub mod window;
 
 use std::collections::HashMap;
 use std::hash::Hash;

@@ -9,15 +9,27 @@
 //! *every* signal in it has delivered data past `resolve_after` without an
 //! anomaly. A signal whose source is down does not advance, so an outage
 //! of Prometheus can never make an incident look resolved.
+//!
+//! Grouping reads labels through `correlation.label_map` (e.g.
+//! `app.kubernetes.io/name` counts as `service`), and each member's
+//! timeline line says why it joined. Declared dependencies
+//! (`correlation.dependencies`) link incidents: when a dependency's
+//! incident started at most `correlation.causal_window` before a
+//! dependent's, both timelines say so (kind `causal_hint`) — linked, not
+//! merged, so each group keeps its one open incident and its own
+//! lifecycle.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use serde::Deserialize;
+
 use super::alert::{Alert, AlertStatus};
-use super::noise::FlappingConfig;
+use super::noise::{FlappingConfig, NoiseConfig};
 use super::{
     AlertEvidence, Incident, IncidentId, IncidentState, Peak, Severity, SignalEvidence,
     TimelineEntry,
 };
+use crate::config::HumanDuration;
 use crate::config::IncidentConfig;
 use crate::signal::{format_ts, Anomaly, Sample, TimestampMs};
 
@@ -41,6 +53,133 @@ pub struct IncidentUpdate {
     pub incident: Incident,
 }
 
+/// The `correlation:` config section: label mapping and declared
+/// dependencies.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CorrelationConfig {
+    /// Source label → the label aiopsd groups and matches by, applied to
+    /// alerts and series before grouping, e.g.
+    /// `{"app.kubernetes.io/name": service, kubernetes_namespace: namespace}`.
+    /// A label the item already has wins over a mapped one; with several
+    /// sources for one label, the first in label order that is present
+    /// wins. Default: none.
+    #[serde(default)]
+    pub label_map: BTreeMap<String, String>,
+    /// Service → the services it depends on, e.g.
+    /// `{checkout: [payments, db]}` (values of the `service` label, after
+    /// `label_map`). An incident of a dependency that started at most
+    /// `causal_window` before an incident of its dependent is linked to it
+    /// as a possible cause. Default: none.
+    #[serde(default)]
+    pub dependencies: BTreeMap<String, Vec<String>>,
+    /// How much earlier a dependency's incident may start and still count
+    /// as a possible cause. Default: `10m`. `1s..=24h`.
+    #[serde(default = "default_causal_window")]
+    pub causal_window: HumanDuration,
+}
+
+impl Default for CorrelationConfig {
+    fn default() -> Self {
+        Self {
+            label_map: BTreeMap::new(),
+            dependencies: BTreeMap::new(),
+            causal_window: default_causal_window(),
+        }
+    }
+}
+
+fn default_causal_window() -> HumanDuration {
+    HumanDuration::secs(600)
+}
+
+impl CorrelationConfig {
+    /// Checks what types alone cannot; each error names its field.
+    pub fn validate(&self, err: &mut impl FnMut(String, String)) {
+        for (from, to) in &self.label_map {
+            for (what, label) in [("key", from), ("value", to)] {
+                if let Err(reason) =
+                    crate::sources::promql::validate_label_name(label).or_else(|e| {
+                        if what == "key" && is_k8s_label(label) {
+                            Ok(())
+                        } else {
+                            Err(e)
+                        }
+                    })
+                {
+                    err(
+                        format!("correlation.label_map.{from}"),
+                        format!("{what}: {reason}"),
+                    );
+                }
+            }
+            if from == to {
+                err(
+                    format!("correlation.label_map.{from}"),
+                    "maps a label to itself".into(),
+                );
+            }
+        }
+        for (service, deps) in &self.dependencies {
+            for (i, dep) in deps.iter().enumerate() {
+                if dep.trim().is_empty() {
+                    err(
+                        format!("correlation.dependencies.{service}[{i}]"),
+                        "must not be empty".into(),
+                    );
+                } else if dep == service {
+                    err(
+                        format!("correlation.dependencies.{service}[{i}]"),
+                        "a service cannot depend on itself".into(),
+                    );
+                }
+            }
+        }
+        let w = self.causal_window.0.as_secs();
+        if !(1..=86_400).contains(&w) {
+            err(
+                "correlation.causal_window".into(),
+                format!("must be 1s..=24h, got {}", self.causal_window),
+            );
+        }
+    }
+
+    /// The value of `name` through the mapping: the label itself, else the
+    /// first source label mapped to it that `get` finds.
+    pub fn label(&self, get: &dyn Fn(&str) -> Option<String>, name: &str) -> Option<String> {
+        get(name).or_else(|| {
+            self.label_map
+                .iter()
+                .filter(|(_, to)| *to == name)
+                .find_map(|(from, _)| get(from))
+        })
+    }
+
+    /// The source label a mapped `name` came from, when it did not come
+    /// from `name` itself (for explanations).
+    fn source_of(&self, get: &dyn Fn(&str) -> Option<String>, name: &str) -> Option<&str> {
+        if get(name).is_some() {
+            return None;
+        }
+        self.label_map
+            .iter()
+            .filter(|(_, to)| *to == name)
+            .find(|(from, _)| get(from).is_some())
+            .map(|(from, _)| from.as_str())
+    }
+}
+
+/// Kubernetes recommended label names (`app.kubernetes.io/name`) are not
+/// Prometheus label names, but alerts forwarded from other systems carry
+/// them; accept them as mapping sources.
+fn is_k8s_label(label: &str) -> bool {
+    !label.is_empty()
+        && label.len() <= 317
+        && label
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '/' | '-' | '_'))
+}
+
 /// Groups anomalies into incidents; owns the open incidents.
 #[derive(Debug)]
 pub struct Correlator {
@@ -57,6 +196,12 @@ pub struct Correlator {
     /// Per alert fingerprint: episodes in a row so far and the latest
     /// episode's start (bounded by [`MAX_FLAP_TRACKED`]).
     episodes: HashMap<String, (u32, TimestampMs)>,
+    /// Label mapping and declared dependencies.
+    correlation: CorrelationConfig,
+    /// The `noise:` section the incident stage consults before applying
+    /// an item (verdict matching, learned suppression); kept here because
+    /// the correlator travels with the stage.
+    noise: NoiseConfig,
 }
 
 /// Most fingerprints whose episode chain is remembered; beyond it, chains
@@ -75,13 +220,65 @@ impl Correlator {
             closed: Vec::new(),
             flapping: FlappingConfig::default(),
             episodes: HashMap::new(),
+            correlation: CorrelationConfig::default(),
+            noise: NoiseConfig::default(),
         }
     }
 
     /// Uses `flapping` (from `noise.flapping`) instead of the defaults.
     pub fn with_flapping(mut self, flapping: FlappingConfig) -> Self {
         self.flapping = flapping;
+        self.noise.flapping = flapping;
         self
+    }
+
+    /// Uses the whole `noise:` section (flapping, verdict similarity,
+    /// learned suppression) instead of the defaults.
+    pub fn with_noise(mut self, noise: &NoiseConfig) -> Self {
+        self.flapping = noise.flapping;
+        self.noise = noise.clone();
+        self
+    }
+
+    /// Uses the `correlation:` section (label mapping, dependencies).
+    pub fn with_correlation(mut self, correlation: CorrelationConfig) -> Self {
+        self.correlation = correlation;
+        self
+    }
+
+    /// The `noise:` section in use.
+    pub fn noise(&self) -> &NoiseConfig {
+        &self.noise
+    }
+
+    /// The `correlation:` section in use.
+    pub fn correlation(&self) -> &CorrelationConfig {
+        &self.correlation
+    }
+
+    /// `incidents.group_window` in ms: also how far apart suppressed
+    /// anomalies of one series may be and still count as one episode.
+    pub fn group_window_ms(&self) -> i64 {
+        self.config.group_window.as_millis_i64()
+    }
+
+    /// True when an open incident has a member alert with this
+    /// fingerprint (any episode): its next episode continues that incident
+    /// (flapping) and is not a candidate for learned suppression.
+    pub fn knows_fingerprint(&self, fingerprint: &str) -> bool {
+        self.open
+            .values()
+            .any(|inc| inc.alerts.iter().any(|e| e.fingerprint == fingerprint))
+    }
+
+    /// True when this anomaly's series is already a member of the open
+    /// incident of its group: it continues that incident and is never
+    /// suppressed.
+    pub fn knows_series(&self, anomaly: &Anomaly) -> bool {
+        let key = super::group_key(&self.group_of(anomaly));
+        self.open
+            .get(&key)
+            .is_some_and(|inc| inc.signals.iter().any(|s| s.series == *anomaly.key))
     }
 
     /// True when this alert episode is already a member of an open
@@ -195,6 +392,7 @@ impl Correlator {
             let (key, is_new) = self.attach(anomaly);
             if is_new {
                 opened.insert(key.clone());
+                touched.extend(self.link_causes(&key));
             }
             touched.insert(key);
         }
@@ -227,7 +425,39 @@ impl Correlator {
     /// ignored. An alert seen only as resolved (it fired while aiopsd was
     /// away) still becomes evidence, so nothing accepted is invisible.
     pub fn on_alert(&mut self, alert: &Alert) -> Vec<IncidentUpdate> {
-        let group = self.group_of_alert(alert);
+        self.on_alert_noted(alert, None)
+    }
+
+    /// [`Correlator::on_alert`], and when the alert joins or opens an
+    /// incident, `note` on its timeline (kind `unsuppressed`): why an alert
+    /// that was suppressed reaches an incident after all.
+    pub fn on_alert_noted(&mut self, alert: &Alert, note: Option<&str>) -> Vec<IncidentUpdate> {
+        let mut updates = self.apply_alert(alert);
+        let Some(note) = note else { return updates };
+        let Some(last) = updates.last_mut() else {
+            return updates;
+        };
+        if last.kind == UpdateKind::Resolved {
+            return updates;
+        }
+        let entry = TimelineEntry {
+            at: alert.starts_at,
+            kind: "unsuppressed".into(),
+            message: format!("Alert {} is no longer suppressed: {note}.", alert.name()),
+        };
+        if let Some(open) = self.open.get_mut(&last.incident.group_key()) {
+            if !open.timeline.contains(&entry) {
+                open.timeline.push(entry.clone());
+            }
+        }
+        if !last.incident.timeline.contains(&entry) {
+            last.incident.timeline.push(entry);
+        }
+        updates
+    }
+
+    fn apply_alert(&mut self, alert: &Alert) -> Vec<IncidentUpdate> {
+        let (group, mapped) = self.group_of_alert(alert);
         let key = super::group_key(&group);
         let mut updates = Vec::new();
 
@@ -321,6 +551,8 @@ impl Correlator {
             alerts: Vec::new(),
             diagnosis: None,
             decisions: Vec::new(),
+            logs: Vec::new(),
+            prediction: None,
             timeline: vec![TimelineEntry {
                 at: alert.starts_at,
                 kind: "opened".into(),
@@ -342,7 +574,16 @@ impl Correlator {
             incident.timeline.push(TimelineEntry {
                 at: alert.starts_at,
                 kind: "alert_added".into(),
-                message: format!("Also: {what}"),
+                message: format!(
+                    "Also: {what} Grouped here: {}.",
+                    grouped_because(&incident.group, &mapped, &self.config)
+                ),
+            });
+        } else if !mapped.is_empty() {
+            incident.timeline.push(TimelineEntry {
+                at: alert.starts_at,
+                kind: "grouping".into(),
+                message: format!("Grouped by {}.", describe_group(&incident.group, &mapped)),
             });
         }
         incident.opened_at = incident.opened_at.min(alert.starts_at);
@@ -363,34 +604,174 @@ impl Correlator {
                 });
             }
         }
-        updates.push(IncidentUpdate {
-            kind: if is_new {
-                UpdateKind::Opened
-            } else {
-                UpdateKind::Updated
-            },
-            incident: incident.clone(),
-        });
+        let key = incident.group_key();
+        let linked = if is_new {
+            self.link_causes(&key)
+        } else {
+            Vec::new()
+        };
+        if let Some(incident) = self.open.get(&key) {
+            updates.push(IncidentUpdate {
+                kind: if is_new {
+                    UpdateKind::Opened
+                } else {
+                    UpdateKind::Updated
+                },
+                incident: incident.clone(),
+            });
+        }
+        updates.extend(linked.iter().filter_map(|k| {
+            self.open.get(k).map(|incident| IncidentUpdate {
+                kind: UpdateKind::Updated,
+                incident: incident.clone(),
+            })
+        }));
         updates
     }
 
-    /// The group of an alert: its `incidents.group_by` labels, as for a
-    /// series. An alert with none of them is a group of its own (its name
-    /// and fingerprint) rather than lumped with every other such alert.
-    fn group_of_alert(&self, alert: &Alert) -> BTreeMap<String, String> {
+    /// Links the just-opened incident `key` with open incidents of declared
+    /// dependencies (possible causes) or dependents (possibly affected)
+    /// when the dependency's incident started at most `causal_window`
+    /// before the dependent's. Adds a `causal_hint` line to both
+    /// timelines; returns the keys of the *other* incidents it changed.
+    fn link_causes(&mut self, key: &str) -> Vec<String> {
+        if self.correlation.dependencies.is_empty() {
+            return Vec::new();
+        }
+        let Some(new) = self.open.get(key) else {
+            return Vec::new();
+        };
+        let Some(new_service) = new.group_label("service").map(str::to_string) else {
+            return Vec::new();
+        };
+        let window = self.correlation.causal_window.as_millis_i64();
+        let depends = |dependent: &str, dependency: &str| {
+            self.correlation
+                .dependencies
+                .get(dependent)
+                .is_some_and(|deps| deps.iter().any(|d| d == dependency))
+        };
+        // (other key, dependency is the new one?, gap)
+        let mut links = Vec::new();
+        for (other_key, other) in &self.open {
+            if other_key == key {
+                continue;
+            }
+            let Some(other_service) = other.group_label("service") else {
+                continue;
+            };
+            let (dependency, dependent) = if depends(&new_service, other_service) {
+                (other, new)
+            } else if depends(other_service, &new_service) {
+                (new, other)
+            } else {
+                continue;
+            };
+            let gap = dependent.opened_at.saturating_sub(dependency.opened_at);
+            if (0..=window).contains(&gap) {
+                links.push((other_key.clone(), std::ptr::eq(dependency, new), gap));
+            }
+        }
+        let mut changed = Vec::new();
+        for (other_key, new_is_dependency, gap) in links {
+            let (Some(new), Some(other)) = (self.open.get(key), self.open.get(&other_key)) else {
+                continue;
+            };
+            let (dependency, dependent) = if new_is_dependency {
+                (new, other)
+            } else {
+                (other, new)
+            };
+            let first = |inc: &Incident| {
+                inc.alerts
+                    .first()
+                    .map(|a| format!("alert {}", a.name))
+                    .or_else(|| {
+                        inc.signals
+                            .first()
+                            .map(|s| format!("anomaly on {}", s.series.signal))
+                    })
+                    .unwrap_or_else(|| "trouble".into())
+            };
+            let id = |inc: &Incident| {
+                inc.id
+                    .map_or_else(String::new, |id| format!(" (incident {id})"))
+            };
+            let reason = format!(
+                "{} {} {} before {} {}: declared dependency ({} depends on {}, within {})",
+                dependency.group_label("service").unwrap_or_default(),
+                first(dependency),
+                minutes(gap),
+                dependent.group_label("service").unwrap_or_default(),
+                first(dependent),
+                dependent.group_label("service").unwrap_or_default(),
+                dependency.group_label("service").unwrap_or_default(),
+                self.correlation.causal_window,
+            );
+            let at = dependent.opened_at;
+            let on_dependent = TimelineEntry {
+                at,
+                kind: "causal_hint".into(),
+                message: format!(
+                    "Possible cause: {}{}; {reason}.",
+                    dependency.subject(),
+                    id(dependency)
+                ),
+            };
+            let on_dependency = TimelineEntry {
+                at,
+                kind: "causal_hint".into(),
+                message: format!(
+                    "Possibly affecting: {}{}; {reason}.",
+                    dependent.subject(),
+                    id(dependent)
+                ),
+            };
+            let (dep_key, dependent_key) = if new_is_dependency {
+                (key.to_string(), other_key.clone())
+            } else {
+                (other_key.clone(), key.to_string())
+            };
+            for (k, entry) in [(dependent_key, on_dependent), (dep_key, on_dependency)] {
+                if let Some(inc) = self.open.get_mut(&k) {
+                    if !inc.timeline.contains(&entry) {
+                        inc.timeline.push(entry);
+                    }
+                }
+            }
+            changed.push(other_key);
+        }
+        changed
+    }
+
+    /// The group of an alert: its `incidents.group_by` labels (through
+    /// `correlation.label_map`), as for a series, and which group labels
+    /// came from which mapped label. An alert with none of them is a group
+    /// of its own (its name and fingerprint) rather than lumped with every
+    /// other such alert.
+    fn group_of_alert(&self, alert: &Alert) -> (BTreeMap<String, String>, Vec<(String, String)>) {
+        let get = |n: &str| alert.labels.get(n).cloned();
+        let mut mapped = Vec::new();
         let group: BTreeMap<String, String> = self
             .config
             .group_by
             .iter()
-            .filter_map(|label| alert.labels.get(label).map(|v| (label.clone(), v.clone())))
+            .filter_map(|label| {
+                let value = self.correlation.label(&get, label)?;
+                if let Some(from) = self.correlation.source_of(&get, label) {
+                    mapped.push((label.clone(), from.to_string()));
+                }
+                Some((label.clone(), value))
+            })
             .collect();
         if group.is_empty() {
-            BTreeMap::from([
+            let own = BTreeMap::from([
                 ("alertname".to_string(), alert.name().to_string()),
                 ("fingerprint".to_string(), alert.fingerprint.clone()),
-            ])
+            ]);
+            (own, Vec::new())
         } else {
-            group
+            (group, mapped)
         }
     }
 
@@ -481,15 +862,15 @@ impl Correlator {
     /// a group of its own (its full key), rather than lumping together with
     /// every other unlabelled series.
     fn group_of(&self, anomaly: &Anomaly) -> BTreeMap<String, String> {
+        let get = |n: &str| anomaly.key.label(n).map(str::to_string);
         let group: BTreeMap<String, String> = self
             .config
             .group_by
             .iter()
             .filter_map(|label| {
-                anomaly
-                    .key
-                    .label(label)
-                    .map(|v| (label.clone(), v.to_string()))
+                self.correlation
+                    .label(&get, label)
+                    .map(|v| (label.clone(), v))
             })
             .collect();
         if group.is_empty() {
@@ -552,6 +933,8 @@ impl Correlator {
             alerts: Vec::new(),
             diagnosis: None,
             decisions: Vec::new(),
+            logs: Vec::new(),
+            prediction: None,
             timeline: vec![TimelineEntry {
                 at: anomaly.t,
                 kind: "opened".into(),
@@ -563,7 +946,19 @@ impl Correlator {
                 ),
             }],
         });
-        add_evidence(incident, anomaly, config.evidence_samples);
+        let get = |n: &str| anomaly.key.label(n).map(str::to_string);
+        let mapped: Vec<(String, String)> = config
+            .group_by
+            .iter()
+            .filter_map(|l| {
+                self.correlation
+                    .source_of(&get, l)
+                    .map(|from| (l.clone(), from.to_string()))
+            })
+            .collect();
+        add_evidence(incident, anomaly, config.evidence_samples, &|group| {
+            grouped_because(group, &mapped, config)
+        });
         let severity = severity_of(incident, config);
         if severity > incident.severity {
             incident.severity = severity;
@@ -598,6 +993,46 @@ fn describe_alert(alert: &Alert) -> String {
     match alert.annotations.get("summary").filter(|s| !s.is_empty()) {
         Some(summary) => format!("alert {} {state}: {summary}", alert.name()),
         None => format!("alert {} {state}.", alert.name()),
+    }
+}
+
+/// Why a member joined: `same namespace=shop, service=cart (service from
+/// label app.kubernetes.io/name) within the 15m grouping window`.
+fn grouped_because(
+    group: &BTreeMap<String, String>,
+    mapped: &[(String, String)],
+    config: &IncidentConfig,
+) -> String {
+    format!(
+        "same {} within the {} grouping window",
+        describe_group(group, mapped),
+        config.group_window
+    )
+}
+
+fn describe_group(group: &BTreeMap<String, String>, mapped: &[(String, String)]) -> String {
+    let mut text = group
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if !mapped.is_empty() {
+        let notes: Vec<String> = mapped
+            .iter()
+            .map(|(to, from)| format!("{to} from label {from}"))
+            .collect();
+        text.push_str(&format!(" ({})", notes.join(", ")));
+    }
+    text
+}
+
+/// A gap in ms as `2m`, `45s`, `1m 30s`, for sentences.
+fn minutes(ms: i64) -> String {
+    let secs = ms.max(0) / 1000;
+    match (secs / 60, secs % 60) {
+        (0, s) => format!("{s}s"),
+        (m, 0) => format!("{m}m"),
+        (m, s) => format!("{m}m {s}s"),
     }
 }
 
@@ -637,7 +1072,14 @@ fn severity_of(incident: &Incident, config: &IncidentConfig) -> Severity {
 }
 
 /// Folds one anomaly into the incident's evidence for its series.
-fn add_evidence(incident: &mut Incident, anomaly: &Anomaly, cap: usize) {
+/// `why` says why the anomaly was grouped here, for the timeline line
+/// of a signal that joins an incident.
+fn add_evidence(
+    incident: &mut Incident,
+    anomaly: &Anomaly,
+    cap: usize,
+    why: &dyn Fn(&BTreeMap<String, String>) -> String,
+) {
     incident.anomaly_count += 1;
     incident.last_anomaly_at = incident.last_anomaly_at.max(anomaly.t);
     incident.opened_at = incident.opened_at.min(anomaly.t);
@@ -664,9 +1106,10 @@ fn add_evidence(incident: &mut Incident, anomaly: &Anomaly, cap: usize) {
                     at: anomaly.t,
                     kind: "signal_added".into(),
                     message: format!(
-                        "Also anomalous: {} is {}.",
+                        "Also anomalous: {} is {}. Grouped here: {}.",
                         anomaly.key,
-                        describe_deviation(anomaly.score)
+                        describe_deviation(anomaly.score),
+                        why(&incident.group)
                     ),
                 });
             }
@@ -1031,5 +1474,160 @@ mod tests {
         // from the second (flapping) on, one incident.
         assert_eq!(opened, 2);
         assert_eq!(c.open_incidents().next().map(Incident::flap_count), Some(4));
+    }
+
+    #[test]
+    fn label_mapping_groups_an_alert_with_its_services_anomalies_and_says_why() {
+        let correlation: CorrelationConfig = serde_saphyr::from_str(
+            "label_map: {'app.kubernetes.io/name': service, kubernetes_namespace: namespace}\n",
+        )
+        .expect("config");
+        let mut c = Correlator::new(config(), "test").with_correlation(correlation);
+        c.on_batch("errors", &[anomaly("errors", "cart", 0, 7.0)], 0);
+        let mut a = alert("fm", "x", AlertStatus::Firing, MIN);
+        a.labels.remove("service");
+        a.labels.remove("namespace");
+        a.labels
+            .insert("app.kubernetes.io/name".into(), "cart".into());
+        a.labels
+            .insert("kubernetes_namespace".into(), "shop".into());
+        let u = c.on_alert(&a);
+        assert_eq!(u.len(), 1);
+        assert_eq!(
+            u[0].kind,
+            UpdateKind::Updated,
+            "joined the anomaly's incident"
+        );
+        let added = u[0]
+            .incident
+            .timeline
+            .iter()
+            .find(|e| e.kind == "alert_added")
+            .expect("alert_added");
+        assert!(
+            added.message.contains("same namespace=shop, service=cart")
+                && added
+                    .message
+                    .contains("service from label app.kubernetes.io/name")
+                && added.message.contains("15m grouping window"),
+            "{}",
+            added.message
+        );
+        // A label the alert has itself wins over a mapped one.
+        let mut own = alert("fo", "pay", AlertStatus::Firing, MIN);
+        own.labels
+            .insert("app.kubernetes.io/name".into(), "cart".into());
+        assert_eq!(c.on_alert(&own)[0].kind, UpdateKind::Opened);
+    }
+
+    #[test]
+    fn a_dependency_in_trouble_shortly_before_is_linked_as_a_possible_cause() {
+        let correlation: CorrelationConfig =
+            serde_saphyr::from_str("dependencies: {checkout: [payments, db]}\ncausal_window: 5m\n")
+                .expect("config");
+        let mut c = Correlator::new(config(), "test").with_correlation(correlation);
+        let u = c.on_alert(&alert("fp", "payments", AlertStatus::Firing, 0));
+        c.assign_id(&u[0].incident.group_key(), 12);
+        let u = c.on_batch(
+            "latency",
+            &[anomaly("latency", "checkout", 2 * MIN, 7.0)],
+            2 * MIN,
+        );
+        let checkout = u
+            .iter()
+            .find(|u| u.incident.group_label("service") == Some("checkout"))
+            .expect("checkout's incident");
+        assert_eq!(checkout.kind, UpdateKind::Opened);
+        let hint = checkout
+            .incident
+            .timeline
+            .iter()
+            .find(|e| e.kind == "causal_hint")
+            .expect("a causal hint");
+        assert!(
+            hint.message
+                .contains("Possible cause: payments (shop) (incident 12)")
+                && hint
+                    .message
+                    .contains("payments alert HighErrorRate 2m before checkout")
+                && hint.message.contains("declared dependency"),
+            "{}",
+            hint.message
+        );
+        let payments = u
+            .iter()
+            .find(|u| u.incident.group_label("service") == Some("payments"))
+            .expect("the dependency's incident is updated too");
+        assert!(payments
+            .incident
+            .timeline
+            .iter()
+            .any(|e| e.kind == "causal_hint"
+                && e.message.starts_with("Possibly affecting: checkout")));
+
+        // Too long before, not declared, or the wrong way round: no link.
+        let mut c = Correlator::new(config(), "test").with_correlation(
+            serde_saphyr::from_str("dependencies: {checkout: [payments]}\ncausal_window: 5m\n")
+                .expect("config"),
+        );
+        c.on_alert(&alert("fp", "payments", AlertStatus::Firing, 0));
+        c.on_alert(&alert("fd", "db", AlertStatus::Firing, 9 * MIN));
+        let u = c.on_batch(
+            "latency",
+            &[anomaly("latency", "checkout", 10 * MIN, 7.0)],
+            10 * MIN,
+        );
+        assert_eq!(u.len(), 1);
+        assert!(!u[0]
+            .incident
+            .timeline
+            .iter()
+            .any(|e| e.kind == "causal_hint"));
+        let u = c.on_alert(&alert("fp2", "payments", AlertStatus::Firing, 12 * MIN));
+        assert!(
+            u.iter()
+                .all(|u| !u.incident.timeline.iter().any(|e| e.kind == "causal_hint")),
+            "a dependency that starts after its dependent is no cause"
+        );
+    }
+
+    #[test]
+    fn an_unsuppressed_alert_says_why_on_its_incident() {
+        let mut c = Correlator::new(config(), "test");
+        let u = c.on_alert_noted(
+            &alert("fl", "cart", AlertStatus::Firing, 0),
+            Some("still firing 10m after it started"),
+        );
+        let entry = u[0]
+            .incident
+            .timeline
+            .iter()
+            .find(|e| e.kind == "unsuppressed")
+            .expect("unsuppressed");
+        assert!(
+            entry.message.contains("still firing 10m"),
+            "{}",
+            entry.message
+        );
+    }
+
+    #[test]
+    fn correlation_config_errors_name_the_field() {
+        let bad: CorrelationConfig = serde_saphyr::from_str(
+            "label_map: {'bad label': service, job: job}\ndependencies: {a: [a, '']}\ncausal_window: 0s\n",
+        )
+        .expect("parses");
+        let mut problems = Vec::new();
+        bad.validate(&mut |p, r| problems.push(format!("{p}: {r}")));
+        let text = problems.join("\n");
+        for needle in [
+            "correlation.label_map.bad label",
+            "correlation.label_map.job: maps a label to itself",
+            "correlation.dependencies.a[0]",
+            "correlation.dependencies.a[1]",
+            "correlation.causal_window",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+        }
     }
 }

@@ -1,5 +1,6 @@
-//! Alert noise reduction that is explainable and never silent (issue 8,
-//! phase 2a): silences (maintenance windows) and flapping.
+//! Alert noise reduction that is explainable and never silent (issue 8):
+//! silences (maintenance windows), flapping, people's verdicts
+//! ([`verdicts`]) and learned self-resolving alerts ([`learned`]).
 //!
 //! Pure: label matchers, silences and the `noise:` config section. The
 //! incident stage (src/daemon.rs) asks [`first_match`] whether a stored
@@ -10,6 +11,14 @@
 //! it is visible through `GET /api/v1/suppressions`, never dropped.
 //! Flapping is tracked by the correlator itself (it owns the incidents),
 //! tuned by [`FlappingConfig`].
+//!
+//! After the silences the stage asks the verdicts in force
+//! ([`verdicts::VerdictSet`], for alerts and for detector anomalies) and
+//! then the history of the alert ([`learned`]); each suppression names its
+//! reason (`silence`, `verdict`, `learned`) and what decided it.
+
+pub mod learned;
+pub mod verdicts;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -279,28 +288,125 @@ pub fn first_match<'a>(
     silences.into_iter().find(|s| s.silences(labels, at))
 }
 
-/// Why an alert opened or joined no incident. Recorded with the alert
-/// (table `suppressions`), listed by `GET /api/v1/suppressions`.
+/// Why an alert or an anomaly opened or joined no incident. Recorded in
+/// the store (table `suppressions`), listed by `GET /api/v1/suppressions`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Suppression {
     /// Store id.
     pub id: i64,
-    /// The suppressed alert (`alerts` table).
-    pub alert_id: super::AlertId,
-    /// Its fingerprint.
+    /// The suppressed alert episode (`alerts` table); `None` for anomalies.
+    pub alert_id: Option<super::AlertId>,
+    /// Its fingerprint (empty for anomalies).
     pub fingerprint: String,
-    /// Its `alertname`.
+    /// Its `alertname` (empty for anomalies).
     pub alertname: String,
-    /// The kind of reason: `silence` (later: learned, verdict).
+    /// The suppressed series, for anomalies
+    /// (`latency{namespace="shop",service="cart"}`); one row covers the
+    /// anomalies of one episode of that series (`first_at`..`last_at`).
+    pub series: Option<String>,
+    /// Data time of the first suppressed anomaly (anomalies only).
+    pub first_at: Option<TimestampMs>,
+    /// Data time of the latest suppressed anomaly (anomalies only).
+    pub last_at: Option<TimestampMs>,
+    /// Anomalous samples suppressed (1 for an alert).
+    pub count: u64,
+    /// The kind of reason: `silence`, `verdict` or `learned`.
     pub reason: String,
-    /// What decided it: the silence id (`config-0`, `api-3`).
+    /// What decided it: the silence id (`config-0`, `api-3`), the verdict
+    /// (`verdict-4`) or `learned`.
     pub reference: String,
-    /// Who is answerable for it (the silence's author).
+    /// The verdict, for reason `verdict`.
+    pub verdict_id: Option<i64>,
+    /// Who is answerable for it (the silence's or the verdict's author;
+    /// `aiopsd` for learned suppressions).
     pub created_by: String,
-    /// The full sentence ([`Silence::describe`]).
+    /// The full sentence: which silence or verdict and why, or the history
+    /// a learned suppression rests on.
     pub detail: String,
     /// Wall time it was recorded (ms).
     pub at: TimestampMs,
+    /// Wall time it was lifted (a learned suppression of an alert that kept
+    /// firing longer than `noise.learned.within`); the alert then went to
+    /// an incident.
+    pub lifted_at: Option<TimestampMs>,
+    /// Why it was lifted.
+    pub lift_detail: Option<String>,
+}
+
+/// What decided a suppression, as [`Store::suppress_alert_by`](super::Store::suppress_alert_by)
+/// and [`Store::record_anomaly_suppressions`](super::Store::record_anomaly_suppressions)
+/// record it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SuppressedBy {
+    /// `silence`, `verdict` or `learned`.
+    pub reason: &'static str,
+    /// The silence id, `verdict-<id>` or `learned`.
+    pub reference: String,
+    /// The verdict, for reason `verdict`.
+    pub verdict_id: Option<i64>,
+    /// Who is answerable for it.
+    pub created_by: String,
+    /// The sentence.
+    pub detail: String,
+}
+
+impl SuppressedBy {
+    /// Suppressed by a silence.
+    pub fn silence(silence: &Silence) -> Self {
+        Self {
+            reason: "silence",
+            reference: silence.id.clone(),
+            verdict_id: None,
+            created_by: silence.created_by.clone(),
+            detail: silence.describe(),
+        }
+    }
+
+    /// Suppressed by a person's verdict.
+    pub fn verdict(hit: &verdicts::VerdictHit) -> Self {
+        Self {
+            reason: "verdict",
+            reference: hit.verdict.reference(),
+            verdict_id: Some(hit.verdict.id),
+            created_by: hit.verdict.by.clone(),
+            detail: hit.detail.clone(),
+        }
+    }
+
+    /// Suppressed because history shows it resolves on its own.
+    pub fn learned(detail: String) -> Self {
+        Self {
+            reason: "learned",
+            reference: "learned".into(),
+            verdict_id: None,
+            created_by: "aiopsd".into(),
+            detail,
+        }
+    }
+}
+
+/// One suppressed anomalous sample, to be recorded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AnomalySuppression {
+    /// The series, as the store keys it (`SeriesKey` display form).
+    pub series: String,
+    /// Data time of the sample.
+    pub t: TimestampMs,
+    /// Why.
+    pub by: SuppressedBy,
+}
+
+/// What the incident stage does with a stored alert after asking the
+/// noise rules.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Screen {
+    /// Apply it to the correlator.
+    Apply,
+    /// Apply it, and say on the incident's timeline why a suppression was
+    /// lifted (the sentence).
+    ApplyLifted(String),
+    /// Suppressed (recorded with its reason); do not apply it.
+    Suppressed,
 }
 
 /// The `noise:` config section.
@@ -314,6 +420,14 @@ pub struct NoiseConfig {
     /// When a re-firing alert counts as flapping.
     #[serde(default)]
     pub flapping: FlappingConfig,
+    /// How closely an alert or anomaly must match a person's `noise` (or
+    /// `expected`) verdict to be suppressed by it.
+    #[serde(default)]
+    pub verdicts: verdicts::VerdictsConfig,
+    /// Suppression of low-severity alerts that history shows always
+    /// resolve on their own.
+    #[serde(default)]
+    pub learned: learned::LearnedConfig,
 }
 
 /// One silence in the config file.
@@ -427,6 +541,8 @@ impl NoiseConfig {
                 format!("must be 1m..=24h, got {}", self.flapping.window),
             );
         }
+        self.verdicts.validate(err);
+        self.learned.validate(err);
     }
 }
 

@@ -433,6 +433,8 @@ mod tests {
             alerts: Vec::new(),
             diagnosis: None,
             decisions: Vec::new(),
+            logs: Vec::new(),
+            prediction: None,
             timeline: Vec::new(),
         };
         store

@@ -47,6 +47,7 @@ pub struct PublishMetrics {
     outbox_refused: Family<SinkLabel, Counter>,
     events_sent: Family<SinkLabel, Counter>,
     events_failed: Family<SinkLabel, Counter>,
+    events_poisoned: Family<SinkLabel, Counter>,
     approvals: Family<ApprovalLabel, Counter>,
 }
 
@@ -95,12 +96,34 @@ impl PublishMetrics {
             m.events_failed.clone(),
         );
         registry.register(
+            "events_poisoned",
+            "Events a sink gave up on because the far side refuses them for good (e.g. a webhook 400); each is logged at ERROR",
+            m.events_poisoned.clone(),
+        );
+        registry.register(
             "approvals",
             "Approval decisions and refusals, by channel and outcome",
             m.approvals.clone(),
         );
         m
     }
+}
+
+/// One event a sink gave up on, for [`Metrics::event_poisoned`].
+#[derive(Debug, Clone, Copy)]
+pub struct PoisonedEvent<'a> {
+    /// Sink name (`webhook`, `mqtt`).
+    pub sink: &'a str,
+    /// Where it was going: the receiver URL (without query) or broker.
+    pub target: &'a str,
+    /// The event id (`X-Aiopsd-Event-Id`).
+    pub event_id: &'a str,
+    /// The event kind (`incident.opened`, ...), or `unknown`.
+    pub kind: &'a str,
+    /// The HTTP status of the refusal, for HTTP sinks.
+    pub status: Option<u16>,
+    /// Why it was refused, e.g. the start of the receiver's answer.
+    pub reason: &'a str,
 }
 
 /// A publisher's state as /readyz shows it. A broker outage does not make
@@ -187,6 +210,28 @@ impl Metrics {
                 .get_or_create(&sink(sink_name))
                 .inc_by(n);
         }
+    }
+
+    /// A sink gave up on one event for good: the far side refuses *this*
+    /// event and would refuse it on every retry, so keeping it would block
+    /// every later event. The one place an event is dropped, so it is
+    /// never silent: an ERROR line with the event's id, kind and the
+    /// refusal, and `aiopsd_events_poisoned_total{sink}` (alert on it).
+    pub fn event_poisoned(&self, poisoned: &PoisonedEvent<'_>) {
+        self.publish
+            .events_poisoned
+            .get_or_create(&sink(poisoned.sink))
+            .inc();
+        tracing::error!(
+            sink = poisoned.sink,
+            target = poisoned.target,
+            event = poisoned.event_id,
+            kind = poisoned.kind,
+            status = poisoned.status,
+            error = poisoned.reason,
+            "The sink refused this event for good; it was dropped so later events can go. \
+             Fix the receiver or the event schema; the event's id and kind are in this line's fields."
+        );
     }
 
     /// The outbox depth after a write; WARNs when it crossed 80%.

@@ -35,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 use super::config::WebhookConfig;
 use super::event::EventKind;
 use super::outbox::OutboxRow;
+use super::telemetry::PoisonedEvent;
 use super::PublishError;
 use crate::config::Secret;
 use crate::incident::{Store, StoreError};
@@ -80,8 +81,9 @@ struct Acks {
 /// [`WebhookPublisher::stats`] (tests, the bench).
 ///
 /// The poisoned count is also in the ERROR line of each poisoned event;
-/// `aiopsd_events_sent_total{sink="webhook"}` and
-/// `aiopsd_events_failed_total{sink="webhook"}` are the metrics.
+/// `aiopsd_events_sent_total{sink="webhook"}`,
+/// `aiopsd_events_failed_total{sink="webhook"}` and
+/// `aiopsd_events_poisoned_total{sink="webhook"}` are the metrics.
 #[derive(Debug, Default)]
 pub struct WebhookStats {
     /// Events the receiver answered 2xx to.
@@ -402,16 +404,14 @@ impl WebhookPublisher {
         let text = response.text().await.unwrap_or_default();
         if let Outcome::Poisoned { status } = outcome {
             self.stats.poisoned.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(
-                sink = WEBHOOK_SINK,
-                url = %self.shown_url,
-                event = %row.event_id,
-                kind = row.kind.map_or("unknown", EventKind::as_str),
-                status,
-                body = %self.excerpt(&text),
-                "The webhook receiver refused this event; it was dropped so later events can go. \
-                 Fix the receiver or the event schema; the event is in this line's fields."
-            );
+            self.metrics.event_poisoned(&PoisonedEvent {
+                sink: WEBHOOK_SINK,
+                target: &self.shown_url,
+                event_id: &row.event_id,
+                kind: row.kind.map_or("unknown", EventKind::as_str),
+                status: Some(status),
+                reason: &self.excerpt(&text),
+            });
         }
         outcome
     }
@@ -562,6 +562,115 @@ mod tests {
         assert_eq!(
             sign(b"Jefe", b"what do ya want for nothing?"),
             "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+
+    /// A receiver that refuses every event (422) over real HTTP on
+    /// loopback; returns its URL and the server task.
+    async fn refusing_receiver() -> (String, tokio::task::JoinHandle<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(|| async {
+                (
+                    axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+                    "event schema not supported",
+                )
+            }),
+        );
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        (format!("http://{addr}/hook"), task)
+    }
+
+    fn incident() -> crate::incident::Incident {
+        use crate::incident::{Incident, IncidentState, Severity, TimelineEntry};
+        let t0 = 1_700_000_000_000;
+        Incident {
+            id: None,
+            cluster: "test".into(),
+            group: [("namespace", "shop"), ("service", "cart")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            state: IncidentState::Open,
+            severity: Severity::Warning,
+            opened_at: t0,
+            last_anomaly_at: t0,
+            resolved_at: None,
+            anomaly_count: 1,
+            signals: Vec::new(),
+            alerts: Vec::new(),
+            diagnosis: None,
+            decisions: Vec::new(),
+            logs: Vec::new(),
+            prediction: None,
+            timeline: vec![TimelineEntry {
+                at: t0,
+                kind: "opened".into(),
+                message: "Opened.".into(),
+            }],
+        }
+    }
+
+    #[tokio::test]
+    async fn refused_events_are_counted_as_poisoned_on_metrics() {
+        crate::install_crypto_provider();
+        let (url, receiver) = refusing_receiver().await;
+        let config: WebhookConfig = serde_saphyr::from_str(&format!(
+            "url: {url}\nretry: {{ initial_backoff: 50ms, max_backoff: 100ms }}\n"
+        ))
+        .expect("webhook config");
+        let store = Store::open_in_memory().expect("store");
+        store
+            .configure_outbox(&[crate::publish::outbox::SinkSpec {
+                name: WEBHOOK_SINK.into(),
+                max_events: 100,
+            }])
+            .expect("outbox");
+        let mut inc = incident();
+        let id = store
+            .save_incident_with_events(&inc, crate::incident::UpdateKind::Opened, 1)
+            .expect("opened")
+            .id;
+        inc.id = Some(id);
+        store
+            .save_incident_with_events(&inc, crate::incident::UpdateKind::Updated, 2)
+            .expect("updated");
+        let metrics = Arc::new(Metrics::new());
+        let publisher =
+            WebhookPublisher::new(&config, store.clone(), Arc::clone(&metrics), Health::new())
+                .expect("publisher");
+        let stats = publisher.stats();
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(publisher.run(cancel.clone()));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while stats.poisoned.load(Ordering::Relaxed) < 2 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        cancel.cancel();
+        let _ = task.await;
+        receiver.abort();
+
+        let exposition = metrics.encode();
+        assert!(
+            exposition.contains(r#"aiopsd_events_poisoned_total{sink="webhook"} 2"#),
+            "{exposition}"
+        );
+        assert!(
+            !exposition.contains(r#"aiopsd_events_sent_total{sink="webhook"} 2"#),
+            "poisoned events are not sent: {exposition}"
+        );
+        assert!(
+            store
+                .outbox_batch(WEBHOOK_SINK, 0, 10)
+                .expect("outbox")
+                .is_empty(),
+            "given up on, so the queue goes on"
         );
     }
 

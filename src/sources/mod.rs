@@ -5,6 +5,8 @@
 //! task; it stops when the shared cancellation token fires and closes its
 //! channel, which is how the rest of the pipeline learns to drain.
 
+pub mod alert_storm;
 pub mod prometheus;
 pub mod promql;
 pub mod sim;
+pub mod sim_growth;

@@ -383,7 +383,10 @@ fn capacity_arithmetic_matches_hand_computed_cases() {
     assert!(text.contains("= 11.43 → 12 replicas"), "{text}");
     let md = plan.to_markdown();
     assert!(
-        md.contains("## Capacity plan: `cart`") && md.contains("| replicas needed |"),
+        md.contains("## Capacity plan: `cart`")
+            && md.contains("| replicas needed |")
+            && md.contains("### Trends")
+            && md.contains("| memory | n/a |"),
         "{md}"
     );
     assert!(plan.to_table().contains("raise"), "{}", plan.to_table());
@@ -459,14 +462,19 @@ fn nab_corpus_holdout_scores() {
     let score = backtest_corpus(dir).expect("corpus reads");
     println!("{}", score.to_table());
     assert!(score.refused.is_empty(), "{:?}", score.refused);
+    // Issue 11's targets: MASE < 1 on average (better than seasonal
+    // naive) and coverage within ±5 points of nominal. Measured (docs/FORECAST.md):
+    // MASE mean 0.894, median 0.807; coverage 0.819 / 0.934.
+    assert!(score.mean_mase < 1.0, "{}", score.to_table());
+    assert!(score.mean_relative_mae < 1.0, "{}", score.to_table());
     assert!(score.geomean_relative_mae < 1.0, "{}", score.to_table());
     assert!(
-        (score.coverage80 - 0.80).abs() <= 0.10,
+        (score.coverage80 - 0.80).abs() <= 0.05,
         "{}",
         score.to_table()
     );
     assert!(
-        (score.coverage95 - 0.95).abs() <= 0.10,
+        (score.coverage95 - 0.95).abs() <= 0.05,
         "{}",
         score.to_table()
     );

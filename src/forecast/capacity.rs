@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use super::breach::{predict_breach_with_model, Limit};
 use super::model::{FittedModel, Forecaster, ModelSummary};
+use super::trend::{service_trends, ServiceTrends};
 use super::{ForecastConfig, ForecastError, DAY_MS};
 use crate::config::HumanDuration;
 use crate::signal::{format_ts, Sample, TimestampMs};
@@ -258,6 +259,9 @@ pub struct CapacityPlan {
     pub confidence: Confidence,
     /// Every computation, written out.
     pub arithmetic: Vec<String>,
+    /// Week-over-week, month-over-month, growth and change points of the
+    /// same series (the "Trends" section of the Markdown).
+    pub trends: ServiceTrends,
 }
 
 struct Fitted {
@@ -640,6 +644,7 @@ pub fn plan_capacity(
         runs_out,
         confidence,
         arithmetic,
+        trends: service_trends(&input.service, series, f.config()),
     })
 }
 
@@ -806,7 +811,8 @@ impl CapacityPlan {
                 d.replicas_needed
             );
         }
-        let _ = writeln!(s, "\n### Arithmetic\n");
+        let _ = writeln!(s, "\n{}", self.trends.to_markdown());
+        let _ = writeln!(s, "### Arithmetic\n");
         for a in &self.arithmetic {
             let _ = writeln!(s, "- {a}");
         }

@@ -258,23 +258,41 @@ mod tests {
         let p = prepare(&xs, &ForecastConfig::default()).expect("prepared");
         assert_eq!(p.interpolated, 10);
         assert!(!p.observed[25] && p.values[25] == 10.0);
-        // A 2-day hole with enough data after it: history before it is dropped.
+        // A 3-day hole (longer than the 2-day default) with enough data
+        // after it: history before it is dropped.
         let mut ys: Vec<Sample> = (0..100).map(|i| s(i * 60_000, 1.0)).collect();
-        ys.extend((0..100).map(|i| s(2 * 86_400_000 + i * 60_000, 2.0)));
+        ys.extend((0..100).map(|i| s(3 * 86_400_000 + i * 60_000, 2.0)));
         let p = prepare(&ys, &ForecastConfig::default()).expect("prepared");
         assert_eq!(p.len(), 100);
-        assert_eq!(p.dropped_before, Some(2 * 86_400_000));
+        assert_eq!(p.dropped_before, Some(3 * 86_400_000));
         assert!(p.values.iter().all(|v| *v == 2.0));
     }
 
     #[test]
     fn long_gap_with_little_after_it_is_refused_with_the_gap_named() {
         let mut ys: Vec<Sample> = (0..100).map(|i| s(i * 60_000, 1.0)).collect();
-        ys.extend((0..10).map(|i| s(2 * 86_400_000 + i * 60_000, 2.0)));
+        ys.extend((0..10).map(|i| s(3 * 86_400_000 + i * 60_000, 2.0)));
         match prepare(&ys, &ForecastConfig::default()) {
             Err(ForecastError::LongGap { remaining, .. }) => assert_eq!(remaining, 10),
             other => panic!("expected LongGap, got {other:?}"),
         }
+    }
+
+    /// Regression: NAB's TravelTime_387 reports only by day; with a 6-hour
+    /// `max_gap` every night dropped the history before it, and the model
+    /// was fitted on the last afternoon (MASE 8.7). Nightly holes are kept,
+    /// unobserved, and the whole history is used.
+    #[test]
+    fn nightly_holes_keep_the_history() {
+        let day = 86_400_000;
+        let xs: Vec<Sample> = (0..20 * 24 * 6)
+            .map(|i| s(i * 600_000, 1.0 + (i % 144) as f64))
+            .filter(|x| x.t % day < 10 * 3_600_000)
+            .collect();
+        let p = prepare(&xs, &ForecastConfig::default()).expect("prepared");
+        assert_eq!(p.dropped_before, None);
+        assert_eq!(p.start, 0);
+        assert_eq!(p.observed.iter().filter(|o| **o).count(), xs.len());
     }
 
     #[test]

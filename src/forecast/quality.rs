@@ -28,10 +28,11 @@ use serde::Serialize;
 
 use super::breach::{predict_breach_with_model, Limit};
 use super::model::{seasonal_naive, Forecaster};
-use super::prepare::prepare;
+use super::prepare::{prepare, Prepared};
 use super::{ForecastConfig, ForecastError, DAY_MS, MAX_HORIZON_MS};
 use crate::backtest::corpus::read_two_columns;
 use crate::backtest::BacktestError;
+use crate::config::HumanDuration;
 use crate::signal::Sample;
 
 /// Share of each series held out.
@@ -193,7 +194,12 @@ pub fn score_series(name: &str, samples: &[Sample]) -> Result<SeriesScore, Strin
         return Err("no holdout points after the training part".into());
     }
     let max_h = scored.iter().map(|x| x.0).max().unwrap_or(1);
-    let (naive, m) = seasonal_naive(&p, n, max_h);
+    // The baseline and the MASE scale come from the whole training part on
+    // the model's grid, not from what the model kept of it: a model that
+    // drops history before a long gap must not also shrink the yardstick
+    // it is measured with.
+    let whole = whole_training(train, &p)?;
+    let (naive, m) = seasonal_naive(&whole, whole.len(), max_h);
     let (mut ae, mut ae_naive, mut sm, mut sm_naive, mut in80, mut in95) =
         (0.0, 0.0, 0.0, 0.0, 0usize, 0usize);
     for &(h, y) in &scored {
@@ -209,9 +215,9 @@ pub fn score_series(name: &str, samples: &[Sample]) -> Result<SeriesScore, Strin
     let k = scored.len() as f64;
     // In-sample one-season-back MAE on the training grid (observed pairs).
     let (mut sc, mut cnt) = (0.0, 0usize);
-    for i in m..n {
-        if p.observed[i] && p.observed[i - m] {
-            sc += (p.values[i] - p.values[i - m]).abs();
+    for i in m..whole.len() {
+        if whole.observed[i] && whole.observed[i - m] {
+            sc += (whole.values[i] - whole.values[i - m]).abs();
             cnt += 1;
         }
     }
@@ -242,6 +248,36 @@ pub fn score_series(name: &str, samples: &[Sample]) -> Result<SeriesScore, Strin
         coverage80: in80 as f64 / k,
         coverage95: in95 as f64 / k,
     })
+}
+
+/// The training part on the model's grid with no history dropped (every
+/// gap bridged, unobserved): what the seasonal-naive baseline and the MASE
+/// scale are computed on.
+fn whole_training(train: &[Sample], model_grid: &Prepared) -> Result<Prepared, String> {
+    let span =
+        train.iter().map(|s| s.t).max().unwrap_or(0) - train.iter().map(|s| s.t).min().unwrap_or(0);
+    let cfg = ForecastConfig {
+        step: Some(HumanDuration(Duration::from_millis(
+            model_grid.step_ms.max(1) as u64,
+        ))),
+        // Large enough that the step given is kept (never coarsened).
+        max_points: 100_000_000,
+        max_gap: HumanDuration(Duration::from_millis(
+            span.max(0) as u64 + model_grid.step_ms.max(1) as u64,
+        )),
+        ..ForecastConfig::default()
+    };
+    let whole = prepare(train, &cfg).map_err(|e| e.to_string())?;
+    if whole.end() != model_grid.end() || whole.step_ms != model_grid.step_ms {
+        return Err(format!(
+            "the training grid ends at {} (step {} ms), the model's at {} (step {} ms)",
+            whole.end(),
+            whole.step_ms,
+            model_grid.end(),
+            model_grid.step_ms
+        ));
+    }
+    Ok(whole)
 }
 
 fn smape_term(y: f64, f: f64) -> f64 {

@@ -14,8 +14,8 @@ use serde::Serialize;
 
 use super::model::{deseasonalise, median, richest_seasonality, Seasonality};
 use super::prepare::{prepare, Prepared};
-use super::{ForecastConfig, ForecastError, DAY_MS, WEEK_MS};
-use crate::signal::{Sample, TimestampMs};
+use super::{CapacitySeries, ForecastConfig, ForecastError, DAY_MS, WEEK_MS};
+use crate::signal::{format_ts, Sample, TimestampMs};
 
 /// At most this many blocks go into the segmentation.
 const MAX_BLOCKS: usize = 400;
@@ -351,6 +351,206 @@ fn change_points(p: &Prepared) -> Vec<ChangePoint> {
     out
 }
 
+/// Trends of one of a service's resources.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ResourceTrend {
+    /// `cpu`, `memory` or `rps`.
+    pub resource: String,
+    /// Unit of the values: `cores`, `bytes` or `req/s`.
+    pub unit: String,
+    /// The analysis; `None` when the series could not be analysed.
+    pub report: Option<TrendReport>,
+    /// Why there is no analysis (too little data, a constant series), in a
+    /// sentence.
+    pub error: Option<String>,
+}
+
+/// Trends of a service's CPU, memory and request rate: the body of
+/// `GET /api/v1/trends/{service}` and the "Trends" section of the capacity
+/// plan, computed by one function ([`service_trends`]) for both.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ServiceTrends {
+    /// Service.
+    pub service: String,
+    /// CPU (cores).
+    pub cpu: ResourceTrend,
+    /// Memory (bytes).
+    pub memory: ResourceTrend,
+    /// Request rate (req/s); `None` when the service has no such series.
+    pub requests_per_second: Option<ResourceTrend>,
+}
+
+/// Analyses each of a service's series. A series that cannot be analysed
+/// gets its reason instead of a report; the others are still analysed.
+pub fn service_trends(
+    service: &str,
+    series: &CapacitySeries<'_>,
+    cfg: &ForecastConfig,
+) -> ServiceTrends {
+    let one = |resource: &str, unit: &str, samples: &[Sample]| {
+        let (report, error) = match analyze_trend(samples, cfg) {
+            Ok(r) => (Some(r), None),
+            // A fixed heap or a pinned CPU quota is an answer, not a
+            // failure: nothing changed.
+            Err(ForecastError::Constant { value }) => (
+                None,
+                Some(format!(
+                    "constant at {}: no change to report",
+                    fmt_unit(unit, value)
+                )),
+            ),
+            Err(e) => (None, Some(e.to_string())),
+        };
+        ResourceTrend {
+            resource: resource.to_string(),
+            unit: unit.to_string(),
+            report,
+            error,
+        }
+    };
+    ServiceTrends {
+        service: service.to_string(),
+        cpu: one("cpu", "cores", series.cpu_cores),
+        memory: one("memory", "bytes", series.memory_bytes),
+        requests_per_second: series.requests_per_second.map(|s| one("rps", "req/s", s)),
+    }
+}
+
+/// A value in its unit, as a person reads it.
+fn fmt_unit(unit: &str, v: f64) -> String {
+    const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
+    const MIB: f64 = 1024.0 * 1024.0;
+    match unit {
+        "bytes" if v.abs() >= GIB => format!("{:.2} GiB", v / GIB),
+        "bytes" => format!("{:.1} MiB", v / MIB),
+        "cores" => format!("{v:.3} cores"),
+        _ => format!("{v:.1} {unit}"),
+    }
+}
+
+/// A signed value in its unit (`+0.020 cores`).
+fn fmt_signed(unit: &str, v: f64) -> String {
+    let s = fmt_unit(unit, v);
+    if v >= 0.0 {
+        format!("+{s}")
+    } else {
+        s
+    }
+}
+
+fn fmt_change(unit: &str, c: Option<Change>) -> String {
+    match c {
+        None => "n/a".to_string(),
+        Some(c) => format!(
+            "{} → {} ({})",
+            fmt_unit(unit, c.previous),
+            fmt_unit(unit, c.current),
+            c.percent
+                .map_or_else(|| "n/a".to_string(), |p| format!("{p:+.1} %"))
+        ),
+    }
+}
+
+impl ServiceTrends {
+    fn resources(&self) -> impl Iterator<Item = &ResourceTrend> {
+        [
+            Some(&self.cpu),
+            Some(&self.memory),
+            self.requests_per_second.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+    }
+
+    /// A "Trends" Markdown section (a table per resource, then the change
+    /// points and the notes), for the capacity review.
+    pub fn to_markdown(&self) -> String {
+        use std::fmt::Write as _;
+        let mut s = String::new();
+        let _ = writeln!(s, "### Trends\n");
+        let _ = writeln!(
+            s,
+            "| resource | week over week | month over month | growth per day | change points |"
+        );
+        let _ = writeln!(s, "|---|---|---|---|---:|");
+        for r in self.resources() {
+            match &r.report {
+                Some(t) => {
+                    let growth = t.growth.map_or_else(
+                        || "n/a".to_string(),
+                        |g| {
+                            format!(
+                                "{}{} over {:.1} days",
+                                fmt_signed(&r.unit, g.per_day),
+                                g.percent_per_day
+                                    .map_or(String::new(), |p| format!(" ({p:+.2} %)")),
+                                g.over_days
+                            )
+                        },
+                    );
+                    let _ = writeln!(
+                        s,
+                        "| {} | {} | {} | {} | {} |",
+                        r.resource,
+                        fmt_change(&r.unit, t.week_over_week),
+                        fmt_change(&r.unit, t.month_over_month),
+                        growth,
+                        t.change_points.len()
+                    );
+                }
+                None => {
+                    let _ = writeln!(s, "| {} | n/a | n/a | n/a | n/a |", r.resource);
+                }
+            }
+        }
+        let mut changes = Vec::new();
+        let mut notes = Vec::new();
+        for r in self.resources() {
+            if let Some(e) = &r.error {
+                notes.push(format!("{}: {e}", r.resource));
+            }
+            let Some(t) = &r.report else { continue };
+            for n in &t.notes {
+                notes.push(format!("{}: {n}", r.resource));
+            }
+            for c in &t.change_points {
+                let what = match c.kind {
+                    ChangeKind::Level => "level",
+                    ChangeKind::Trend => "trend",
+                    ChangeKind::LevelAndTrend => "level and trend",
+                };
+                changes.push(format!(
+                    "{} at {}: {what} — level {} → {}, slope {}/day → {}/day",
+                    r.resource,
+                    format_ts(c.t),
+                    fmt_unit(&r.unit, c.level_before),
+                    fmt_unit(&r.unit, c.level_after),
+                    fmt_signed(&r.unit, c.slope_before_per_day),
+                    fmt_signed(&r.unit, c.slope_after_per_day),
+                ));
+            }
+        }
+        if !changes.is_empty() {
+            let _ = writeln!(s, "\nChange points (deseasonalised):\n");
+            for c in &changes {
+                let _ = writeln!(s, "- {c}");
+            }
+        }
+        if !notes.is_empty() {
+            let _ = writeln!(s, "\nNotes:\n");
+            for n in &notes {
+                let _ = writeln!(s, "- {n}");
+            }
+        }
+        let _ = writeln!(
+            s,
+            "\nWeek over week: mean of the last 7 days against the 7 before (month: 30 and 30). \
+             Growth: robust slope of daily medians (docs/FORECAST.md)."
+        );
+        s
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -438,6 +638,56 @@ mod tests {
         assert!(
             (cp.slope_after_per_day - cp.slope_before_per_day - 10.0).abs() < 2.0,
             "{cp:?}"
+        );
+    }
+
+    #[test]
+    fn service_trends_analyse_each_series_and_say_why_one_is_missing() {
+        let cpu = series(21, |i| 2.0 + 0.1 * i as f64 / 288.0 + 0.01 * daily(i));
+        let mem = series(21, |_| 1024.0 * 1024.0 * 1024.0);
+        let short = series(21, |i| 10.0 + noise(i))
+            .into_iter()
+            .take(10)
+            .collect::<Vec<_>>();
+        let t = service_trends(
+            "cart",
+            &CapacitySeries {
+                cpu_cores: &cpu,
+                memory_bytes: &mem,
+                requests_per_second: Some(&short),
+            },
+            &ForecastConfig::default(),
+        );
+        let g = t
+            .cpu
+            .report
+            .as_ref()
+            .and_then(|r| r.growth)
+            .expect("growth");
+        assert!((g.per_day - 0.1).abs() < 0.01, "{g:?}");
+        assert_eq!(
+            t.memory.error.as_deref(),
+            Some("constant at 1.00 GiB: no change to report")
+        );
+        let rps = t.requests_per_second.as_ref().expect("rps");
+        assert!(
+            rps.error
+                .as_deref()
+                .is_some_and(|e| e.contains("not enough data")),
+            "{rps:?}"
+        );
+        let md = t.to_markdown();
+        assert!(md.starts_with("### Trends"), "{md}");
+        assert!(
+            // Days 7-14 average 2 + 0.1 × 10.5, days 14-21 2 + 0.1 × 17.5.
+            md.contains("| cpu | 3.050 cores → 3.750 cores (+23.0 %) |")
+                && md.contains(" over 21.0 days |"),
+            "{md}"
+        );
+        assert!(md.contains("- memory: constant at 1.00 GiB"), "{md}");
+        assert!(
+            md.contains("- cpu: 30-day comparison needs 60 days"),
+            "{md}"
         );
     }
 

@@ -74,19 +74,30 @@ pub(super) async fn get_capacity(
         hpa,
         target_utilisation: p.target,
     };
-    match plan_service(&config, p.namespace.as_deref(), &input).await {
-        Ok(plan) => Ok(Json(plan)),
-        Err(CapacityError::Selector(reason)) => Err(ApiError::InvalidParam {
+    plan_service(&config, p.namespace.as_deref(), &input)
+        .await
+        .map(Json)
+        .map_err(service_error)
+}
+
+/// How a failed capacity plan or trend report (they share the fetch,
+/// src/forecast/service.rs) answers: the caller's mistakes and data that
+/// cannot support an answer with their status, Prometheus failures as 502
+/// (logged once here).
+pub(super) fn service_error(e: CapacityError) -> ApiError {
+    match e {
+        CapacityError::Selector(reason) => ApiError::InvalidParam {
             name: "service",
             reason,
-        }),
-        Err(CapacityError::Forecast(e)) => Err(ApiError::Unprocessable(e.to_string())),
-        Err(CapacityError::Fetch(crate::forecast::fetch::FetchError::NoData { .. })) => Err(
-            ApiError::NotFound("Prometheus has no data for this service".into()),
-        ),
-        Err(e) => {
-            tracing::warn!(error = %e, "A capacity plan failed.");
-            Err(ApiError::BadGateway(e.to_string()))
+        },
+        CapacityError::Forecast(e) => ApiError::Unprocessable(e.to_string()),
+        CapacityError::Fetch(crate::forecast::fetch::FetchError::NoData { .. }) => {
+            ApiError::NotFound("Prometheus has no data for this service".into())
+        }
+        CapacityError::NoPrometheus => ApiError::Unavailable(e.to_string()),
+        e => {
+            tracing::warn!(error = %e, "Reading a service's series from Prometheus failed.");
+            ApiError::BadGateway(e.to_string())
         }
     }
 }

@@ -81,6 +81,8 @@ fn incident(name: &str, opened_at: i64) -> Incident {
         alerts: Vec::new(),
         diagnosis: None,
         decisions: Vec::new(),
+        logs: Vec::new(),
+        prediction: None,
         timeline: vec![TimelineEntry {
             at: opened_at,
             kind: "opened".into(),

@@ -85,6 +85,8 @@ fn incident(i: usize) -> Incident {
         alerts: Vec::new(),
         diagnosis: None,
         decisions: Vec::new(),
+        logs: Vec::new(),
+        prediction: None,
         timeline: vec![TimelineEntry {
             at: 1_767_225_600_000,
             kind: "opened".into(),

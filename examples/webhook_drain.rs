@@ -72,6 +72,8 @@ fn incident() -> Incident {
         alerts: Vec::new(),
         diagnosis: None,
         decisions: Vec::new(),
+        logs: Vec::new(),
+        prediction: None,
         timeline: vec![TimelineEntry {
             at: T0,
             kind: "opened".into(),

@@ -213,6 +213,10 @@ pub struct Config {
     /// episodes within 1h.
     #[serde(default)]
     pub noise: crate::incident::noise::NoiseConfig,
+    /// Correlation beyond `incidents.group_by`: label mapping and declared
+    /// dependencies (src/incident/correlate.rs). Default: none.
+    #[serde(default)]
+    pub correlation: crate::incident::CorrelationConfig,
     /// Diagnosis, the policy gate and bounded remediation
     /// (src/remediate/config.rs). Default: off.
     #[serde(default)]
@@ -231,6 +235,10 @@ pub struct Config {
     /// The Elasticsearch log source (docs/LOGS.md). Absent: none.
     #[serde(default)]
     pub elasticsearch: Option<crate::logs::elastic::ElasticConfig>,
+    /// Failure prediction: signals with a limit whose forecast breach opens
+    /// a predictive incident (docs/FORECAST.md). Absent: none.
+    #[serde(default)]
+    pub predictive: Option<crate::forecast::predictive::PredictiveConfig>,
 }
 
 fn default_cluster() -> String {
@@ -298,6 +306,32 @@ pub struct ServerConfig {
     /// Longest time one API request may take before it gets 503. Default: `10s`.
     #[serde(default = "default_request_timeout")]
     pub request_timeout: HumanDuration,
+    /// Serve HTTPS instead of HTTP: the API, the UI, /metrics, the probes
+    /// and the Alertmanager webhook all share the one listener, so all of
+    /// them need `https://` then. Default: none (plain HTTP; terminate TLS
+    /// in front of aiopsd, or keep it on loopback).
+    #[serde(default)]
+    pub tls: Option<ServerTlsConfig>,
+}
+
+/// `server.tls`: the certificate and key the HTTP server presents.
+///
+/// Both files are read and checked when the config is loaded (a missing
+/// file, a file without the expected PEM block, or a key that does not
+/// belong to the certificate is a config error naming the file), and are
+/// re-read when they change on disk (a renewed certificate mounted from a
+/// Kubernetes Secret), without a restart: a bad new pair is logged and the
+/// old one kept.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerTlsConfig {
+    /// PEM file with the server certificate first, then any intermediate
+    /// CA certificates (`tls.crt` of a Kubernetes TLS Secret).
+    pub cert_file: PathBuf,
+    /// PEM file with the certificate's private key: PKCS#8
+    /// (`BEGIN PRIVATE KEY`), PKCS#1 (`BEGIN RSA PRIVATE KEY`) or SEC1
+    /// (`BEGIN EC PRIVATE KEY`) (`tls.key` of a Kubernetes TLS Secret).
+    pub key_file: PathBuf,
 }
 
 impl Default for ServerConfig {
@@ -307,6 +341,7 @@ impl Default for ServerConfig {
             api_token: None,
             viewer_token: None,
             request_timeout: default_request_timeout(),
+            tls: None,
         }
     }
 }
@@ -444,6 +479,15 @@ pub struct DetectionConfig {
     /// counted (protects memory from a label explosion). Default: `100000`.
     #[serde(default = "default_max_series")]
     pub max_series: usize,
+    /// File where fitted detector state is saved (every `models_save_every`
+    /// and at shutdown) and loaded from at start, so a restart needs no new
+    /// warm-up. A series whose signal's detector changed since is warmed up
+    /// afresh. Unset: no saving (detectors warm up from backfill).
+    #[serde(default)]
+    pub models_path: Option<PathBuf>,
+    /// How often detector state is saved while running. Default `10m`.
+    #[serde(default = "default_models_save_every")]
+    pub models_save_every: HumanDuration,
 }
 
 impl Default for DetectionConfig {
@@ -453,8 +497,14 @@ impl Default for DetectionConfig {
             series_ttl: default_series_ttl(),
             context_samples: default_context_samples(),
             max_series: default_max_series(),
+            models_path: None,
+            models_save_every: default_models_save_every(),
         }
     }
+}
+
+fn default_models_save_every() -> HumanDuration {
+    HumanDuration::secs(600)
 }
 
 fn default_series_ttl() -> HumanDuration {
@@ -598,6 +648,12 @@ pub struct SignalConfig {
     /// Detector for this signal; default: `detection.detector`.
     #[serde(default)]
     pub detector: Option<DetectorSpec>,
+    /// A detector preset instead of `detector`: a built-in name
+    /// (`latency`, `error_ratio`, `throughput`, `cpu`, `memory`,
+    /// `saturation`, `counter`, `ensemble`; models/presets/) or a path to a
+    /// preset file.
+    #[serde(default)]
+    pub preset: Option<String>,
 }
 
 impl Config {
@@ -668,6 +724,7 @@ impl Config {
             approvals: crate::publish::config::ApprovalsConfig::default(),
             alertmanager: AlertmanagerConfig::default(),
             noise: crate::incident::noise::NoiseConfig::default(),
+            correlation: crate::incident::CorrelationConfig::default(),
             // The demo acts on its simulated cluster under its own policy.
             remediation: crate::remediate::config::RemediationConfig {
                 enabled: true,
@@ -678,6 +735,7 @@ impl Config {
             capacity: crate::forecast::fetch::CapacityQueries::default(),
             forecast: crate::forecast::ForecastConfig::default(),
             elasticsearch: None,
+            predictive: Some(crate::forecast::predictive::PredictiveConfig::demo()),
         }
     }
 
@@ -741,8 +799,14 @@ impl Config {
                 "must be more than 0s".into(),
             );
         }
+        if let Some(tls) = &self.server.tls {
+            if let Err(e) = crate::server::tls::ServerTls::load(tls) {
+                err(e.field().into(), e.describe());
+            }
+        }
         validate_alertmanager(&self.alertmanager, &mut err);
         self.noise.validate(&mut err);
+        self.correlation.validate(&mut err);
         if self.store.path.as_os_str().is_empty() {
             err("store.path".into(), "must not be empty".into());
         }
@@ -767,6 +831,31 @@ impl Config {
         }
         if let Some(es) = &self.elasticsearch {
             es.validate(&mut err);
+        }
+        if let Some(predictive) = &self.predictive {
+            if let Err(problems) = predictive.validate("predictive") {
+                for p in problems {
+                    err(p.path, p.reason);
+                }
+            }
+            let known: std::collections::BTreeSet<&str> =
+                self.signals.iter().map(|s| s.name.as_str()).collect();
+            for (name, limit) in &predictive.limits {
+                if !known.contains(name.as_str()) {
+                    err(
+                        format!("predictive.limits.{name}"),
+                        "no signal of that name in `signals`".into(),
+                    );
+                }
+                if let Some(series) = &limit.series {
+                    if !known.contains(series.as_str()) {
+                        err(
+                            format!("predictive.limits.{name}.series"),
+                            format!("no signal named `{series}` in `signals`"),
+                        );
+                    }
+                }
+            }
         }
         crate::publish::config::validate(
             &self.cluster,
@@ -836,6 +925,16 @@ impl Config {
         let mut seen = std::collections::HashSet::new();
         for (i, signal) in self.signals.iter().enumerate() {
             let at = format!("signals[{i}]");
+            if let Some(name) = &signal.preset {
+                if signal.detector.is_some() {
+                    err(
+                        format!("{at}.preset"),
+                        "set either `detector` or `preset`, not both".into(),
+                    );
+                } else if let Err(e) = crate::detect::preset::resolve_preset(name) {
+                    err(format!("{at}.preset"), e.to_string());
+                }
+            }
             if !valid_signal_name(&signal.name) {
                 err(
                     format!("{at}.name"),
@@ -874,12 +973,17 @@ impl Config {
         }
     }
 
-    /// The detector a signal uses: its own, or the default.
+    /// The detector a signal uses: its own, its preset's, or the default.
+    /// (A preset that cannot be loaded is refused by [`Config::validate`].)
     pub fn detector_for(&self, signal: &SignalConfig) -> DetectorSpec {
+        if let Some(spec) = &signal.detector {
+            return spec.clone();
+        }
         signal
-            .detector
-            .clone()
-            .unwrap_or_else(|| self.detection.detector.clone())
+            .preset
+            .as_deref()
+            .and_then(|name| crate::detect::preset::resolve_preset(name).ok())
+            .map_or_else(|| self.detection.detector.clone(), |p| p.detector)
     }
 }
 

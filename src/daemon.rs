@@ -30,10 +30,13 @@ use crate::detect::{Engine, SignalDetection};
 use crate::diagnose::bundle::SignalKinds;
 use crate::diagnose::catalogue::Catalogue;
 use crate::diagnose::diagnoser::Diagnoser;
+use crate::forecast::open_predictions::OpenPredictions;
+use crate::forecast::predictive::{PredictiveEvent, PredictiveScanner};
+use crate::forecast::stage::run_scanner;
 use crate::incident::noise::{self, Silence};
 use crate::incident::{
-    report, Alert, AlertBatch, AppliedAlert, Correlator, Incident, IncidentUpdate, Store,
-    StoreError, UpdateKind,
+    report, Alert, AlertBatch, AppliedAlert, Correlator, Incident, IncidentKind, IncidentUpdate,
+    Store, StoreError, UpdateKind,
 };
 use crate::leader::{HoldOutcome, LeaderElector, PodLabel, LEADER_LABEL};
 use crate::policy::{PolicyReloader, PolicySet};
@@ -62,6 +65,65 @@ const ALERT_SWEEP: Duration = Duration::from_secs(5);
 const ALERT_SWEEP_BATCH: usize = 500;
 
 /// What the detect stage hands to the incident stage for one batch.
+/// Where fitted detector state is kept between runs
+/// (`detection.models_path`).
+struct ModelFile {
+    path: PathBuf,
+    every: Duration,
+}
+
+impl ModelFile {
+    /// Restores saved detector state; a missing file is a first start, a
+    /// bad one is logged and the detectors start cold (never a crash).
+    fn load_into(&self, engine: &mut Engine) {
+        if !self.path.exists() {
+            tracing::info!(path = %self.path.display(), "No saved detector state yet; detectors warm up from backfill.");
+            return;
+        }
+        match engine.load_models(&self.path) {
+            Ok(load) => tracing::info!(
+                path = %self.path.display(),
+                restored = load.restored,
+                spec_changed = load.spec_changed,
+                unknown_signal = load.unknown_signal,
+                refused = load.refused,
+                "Restored saved detector state."
+            ),
+            Err(error) => tracing::warn!(
+                error = %error_chain(&error),
+                "Cannot restore saved detector state; detectors warm up from backfill."
+            ),
+        }
+    }
+
+    /// Saves detector state (write to a temporary file, then rename).
+    fn save(&self, engine: &Engine) {
+        match engine.save_models(&self.path) {
+            Ok(series) => {
+                tracing::debug!(path = %self.path.display(), series, "Saved detector state.")
+            }
+            Err(error) => tracing::warn!(
+                error = %error_chain(&error),
+                "Cannot save detector state; the next start warms up from backfill."
+            ),
+        }
+    }
+}
+
+/// Where the detect stage tees batches for failure prediction.
+struct Prediction {
+    /// Signals the scanner wants (limited signals and their limit series).
+    signals: std::collections::HashSet<String>,
+    tx: mpsc::Sender<SeriesBatch>,
+}
+
+/// The owners of open incidents in the incident stage: the correlator for
+/// detected and alert incidents, [`OpenPredictions`] for predictive ones.
+struct Owners {
+    correlator: Correlator,
+    predictions: OpenPredictions,
+}
+
 struct Detected {
     signal: String,
     anomalies: Vec<Anomaly>,
@@ -228,6 +290,33 @@ async fn lead(
     alerts: mpsc::Receiver<AlertBatch>,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
+    // Issue 10: the Elasticsearch log pipeline, when configured; built
+    // before anything is spawned so a failure leaves nothing running. Its
+    // signals' cursors join `resume`: the history it replays at start to
+    // warm the detectors is not reported again.
+    let mut resume = resume;
+    let log_pipeline = match &config.elasticsearch {
+        Some(es) => {
+            for name in crate::logs::signals::LOG_SIGNALS {
+                if let Some(t) = shared
+                    .store
+                    .cursor(name)
+                    .with_context(|| format!("cannot read the cursor of signal {name}"))?
+                {
+                    resume.insert(name.to_string(), t);
+                }
+            }
+            Some(
+                crate::logs::pipeline::LogPipeline::new(
+                    es,
+                    shared.store.clone(),
+                    shared.metrics.logs.clone(),
+                )
+                .context("cannot set up the Elasticsearch log pipeline")?,
+            )
+        }
+        None => None,
+    };
     // Sends the events the incident stage queues; reads the outbox at its
     // own pace, so a slow or absent broker never holds up detection.
     let publisher = crate::publish::start(
@@ -250,8 +339,26 @@ async fn lead(
                 },
             )
         })
+        .chain(
+            config
+                .elasticsearch
+                .iter()
+                .flat_map(crate::logs::signals::log_signal_detections),
+        )
         .collect();
     let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+    // Log signals share the detect channel with Prometheus's.
+    let log_task = log_pipeline.map(|pipeline| {
+        shared
+            .health
+            .register_source(crate::logs::pipeline::SOURCE_NAME);
+        tokio::spawn(pipeline.run(
+            tx.clone(),
+            Arc::clone(&shared.metrics),
+            Arc::clone(&shared.health),
+            cancel.clone(),
+        ))
+    });
     // Registered before the pipeline reports running, so /readyz never
     // says ready before Prometheus has answered.
     shared
@@ -268,6 +375,9 @@ async fn lead(
         Err(error) => {
             cancel.cancel();
             let _ = source_task.await;
+            if let Some(task) = log_task {
+                let _ = task.await;
+            }
             let _ = publisher.await;
             return Err(error);
         }
@@ -282,6 +392,9 @@ async fn lead(
     let result = run_pipeline(config, inputs, shared, cancel.clone()).await;
     cancel.cancel();
     let _ = source_task.await;
+    if let Some(task) = log_task {
+        let _ = task.await;
+    }
     let _ = publisher.await;
     result
 }
@@ -569,11 +682,12 @@ pub async fn demo(options: DemoOptions, cancel: CancellationToken) -> anyhow::Re
     println!("  ui:       http://{api}/ui/");
 
     let cluster = Arc::new(
-        SimCluster::new(&[("demo", "checkout", 3), ("demo", "catalog", 3)]).with_rollout(
-            "demo",
-            "checkout",
-            fault.start - 2 * 60_000,
-        ),
+        SimCluster::new(&[
+            ("demo", "checkout", 3),
+            ("demo", "catalog", 3),
+            ("demo", crate::sources::sim::LEAKING_SERVICE, 2),
+        ])
+        .with_rollout("demo", "checkout", fault.start - 2 * 60_000),
     );
     let remediator = demo_remediator(&config, &shared, Arc::clone(&cluster))?;
     let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
@@ -597,9 +711,10 @@ pub async fn demo(options: DemoOptions, cancel: CancellationToken) -> anyhow::Re
             ..Default::default()
         })?
         .items;
-    let faulty = incidents
-        .iter()
-        .find(|i| i.group_label("service") == Some(fault.service.as_str()));
+    let faulty = incidents.iter().find(|i| {
+        i.group_label("service") == Some(fault.service.as_str())
+            && i.kind() != IncidentKind::Predictive
+    });
     let mut report_path = None;
     if let Some(incident) = faulty {
         let id = incident.id.unwrap_or_default();
@@ -628,9 +743,10 @@ pub async fn demo(options: DemoOptions, cancel: CancellationToken) -> anyhow::Re
         println!();
         println!("The injected fault was NOT detected; see the log above.");
     }
-    let refused = incidents
-        .iter()
-        .find(|i| i.group_label("service") == Some(second.service.as_str()));
+    let refused = incidents.iter().find(|i| {
+        i.group_label("service") == Some(second.service.as_str())
+            && i.kind() != IncidentKind::Predictive
+    });
     if let Some(incident) = refused {
         let id = incident.id.unwrap_or_default();
         let actions = shared.store.actions_for_incident(id)?;
@@ -651,12 +767,26 @@ pub async fn demo(options: DemoOptions, cancel: CancellationToken) -> anyhow::Re
             second.service
         );
     }
+    let predicted = incidents.iter().find(|i| {
+        i.kind() == IncidentKind::Predictive
+            && i.group_label("service") == Some(crate::sources::sim::LEAKING_SERVICE)
+    });
+    print_predicted(predicted, &shared.store, api)?;
     for event in cluster.events() {
         println!("  cluster event: {event}");
     }
-    let others = incidents.len() - usize::from(faulty.is_some()) - usize::from(refused.is_some());
+    // Incidents opened by the storm's alerts are the storm's, not false
+    // alarms of the detectors.
+    let others = incidents
+        .iter()
+        .filter(|i| i.kind() == IncidentKind::Anomaly)
+        .count()
+        - usize::from(faulty.is_some())
+        - usize::from(refused.is_some());
     println!();
     println!("  other incidents (false alarms): {others}");
+
+    print_capacity_plan(&config, &options.data_dir)?;
 
     if !options.once && !cancel.is_cancelled() {
         println!();
@@ -671,6 +801,80 @@ pub async fn demo(options: DemoOptions, cancel: CancellationToken) -> anyhow::Re
         report_path,
         api,
     })
+}
+
+/// Prints the demo's predictive incident (the slow memory leak): the
+/// forecast, what was done ahead of the breach, and how it ended.
+fn print_predicted(
+    incident: Option<&Incident>,
+    store: &Store,
+    api: SocketAddr,
+) -> anyhow::Result<()> {
+    println!();
+    let Some(incident) = incident else {
+        println!(
+            "The slow memory leak of {} was NOT predicted.",
+            crate::sources::sim::LEAKING_SERVICE
+        );
+        return Ok(());
+    };
+    let id = incident.id.unwrap_or_default();
+    println!(
+        "Predicted: incident #{id} — {} — predictive, severity {}, state {}.",
+        incident.subject(),
+        incident.severity.as_str(),
+        incident.state.as_str()
+    );
+    if let Some(first) = incident.timeline.iter().find(|e| e.kind == "predicted") {
+        println!(
+            "  forecast at {}: {}",
+            crate::signal::format_ts(first.at),
+            first.message.split(". ").next().unwrap_or_default()
+        );
+    }
+    if let Some(p) = &incident.prediction {
+        println!(
+            "  latest:   {} forecasts; now {:.0} % for reaching {} within {} h",
+            p.evaluations,
+            p.probability * 100.0,
+            p.limit_text,
+            p.horizon_ms / 3_600_000
+        );
+    }
+    let actions = store.actions_for_incident(id)?;
+    print_remediation(incident, &actions);
+    if let Some(resolved) = incident
+        .timeline
+        .iter()
+        .rev()
+        .find(|e| e.kind == "resolved")
+    {
+        println!("  resolved: {}", resolved.message);
+    }
+    println!("  page:     http://{api}/ui/incidents/{id}");
+    Ok(())
+}
+
+/// Prints the capacity plan of the demo's growing service and writes its
+/// Markdown next to the incident report.
+fn print_capacity_plan(config: &Config, data_dir: &std::path::Path) -> anyhow::Result<()> {
+    use crate::sources::sim_growth::{GrowingService, GROWING_SERVICE};
+    println!();
+    let service = GrowingService::new(now_ms());
+    match service.plan(14, &config.forecast) {
+        Ok(plan) => {
+            let path = data_dir.join(format!("capacity-{GROWING_SERVICE}.md"));
+            std::fs::write(&path, plan.to_markdown())
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            println!(
+                "Capacity: {GROWING_SERVICE} (30 days of traffic growing 2.5 %/day, 4 replicas, HPA 4..6), next 14 days:"
+            );
+            println!("  {}", plan.recommendation.summary);
+            println!("  plan:     {}", path.display());
+        }
+        Err(e) => println!("Capacity: no plan for {GROWING_SERVICE}: {e}"),
+    }
+    Ok(())
 }
 
 /// Prints the diagnosis, the gate's decision and the action's outcome of
@@ -746,10 +950,30 @@ fn spawn_server(
         ui,
         config.server.request_timeout.0,
     );
+    // Checked when the config was loaded; loaded again here because the
+    // files may have changed since (a failure now is a race with a
+    // certificate renewal, and stops aiopsd rather than serving plain HTTP).
+    let tls = config
+        .server
+        .tls
+        .as_ref()
+        .map(server::tls::ServerTls::load)
+        .transpose();
     tokio::spawn(async move {
-        if let Err(error) =
-            server::serve(listener, router, async move { cancel.cancelled().await }).await
-        {
+        let shutdown = {
+            let cancel = cancel.clone();
+            async move { cancel.cancelled().await }
+        };
+        let served = match tls {
+            Ok(None) => server::serve(listener, router, shutdown).await,
+            Ok(Some(tls)) => server::serve_tls(listener, tls, router, shutdown).await,
+            Err(error) => {
+                tracing::error!(error = %error.describe(), "Cannot serve HTTPS (server.tls); stopping aiopsd.");
+                cancel.cancel();
+                return;
+            }
+        };
+        if let Err(error) = served {
             tracing::error!(error = %error_chain(&error), "HTTP server failed.");
         }
     })
@@ -806,16 +1030,63 @@ async fn run_pipeline(
             "Resuming open incidents from the store."
         );
     }
+    let mut predictions = OpenPredictions::new(
+        &config.cluster,
+        &config.incidents.group_by,
+        config.predictive.as_ref().map_or(0, |p| p.evidence_samples),
+    );
+    predictions.restore(&open);
+    let detected_open: Vec<Incident> = open
+        .into_iter()
+        .filter(|i| i.kind() != IncidentKind::Predictive)
+        .collect();
     let mut correlator = Correlator::new(config.incidents.clone(), config.cluster.clone())
-        .with_flapping(config.noise.flapping);
-    correlator.restore(open);
+        .with_noise(&config.noise)
+        .with_correlation(config.correlation.clone());
+    correlator.restore(detected_open);
+    let (prediction_tx, prediction_rx) = mpsc::channel(CHANNEL_CAPACITY);
+    let (predicted_tx, predicted_rx) = mpsc::channel(CHANNEL_CAPACITY);
+    let predictor = match &config.predictive {
+        Some(predictive) => {
+            let mut scanner = PredictiveScanner::new(predictive.clone(), config.forecast.clone())
+                .context("predictive")?;
+            for series in predictions.series() {
+                scanner.restore_open(&series);
+            }
+            let wanted: Vec<String> = config
+                .signals
+                .iter()
+                .map(|s| s.name.clone())
+                .chain(predictive.limits.keys().cloned())
+                .chain(predictive.limits.values().filter_map(|l| l.series.clone()))
+                .filter(|name| scanner.wants(name))
+                .collect();
+            tokio::spawn(run_scanner(scanner, prediction_rx, predicted_tx));
+            Some(Prediction {
+                signals: wanted.into_iter().collect(),
+                tx: prediction_tx,
+            })
+        }
+        None => {
+            // Nothing will predict: close the incident stage's input now.
+            drop(predicted_tx);
+            None
+        }
+    };
 
-    let engine = Engine::new(
+    let mut engine = Engine::new(
         detections,
         config.detection.series_ttl.as_millis_i64(),
         config.detection.context_samples,
         config.detection.max_series,
     );
+    let models = config.detection.models_path.clone().map(|path| ModelFile {
+        path,
+        every: config.detection.models_save_every.0,
+    });
+    if let Some(models) = &models {
+        models.load_into(&mut engine);
+    }
     let (detected_tx, detected_rx) = mpsc::channel(CHANNEL_CAPACITY);
     let detect = tokio::spawn(detect_stage(
         engine,
@@ -823,9 +1094,15 @@ async fn run_pipeline(
         detected_tx,
         resume,
         Arc::clone(&shared.metrics),
+        predictor,
+        models,
     ));
     shared.health.set_pipeline_running(true);
-    let result = incident_stage(correlator, detected_rx, alerts, shared, cancel).await;
+    let owners = Owners {
+        correlator,
+        predictions,
+    };
+    let result = incident_stage(owners, detected_rx, alerts, predicted_rx, shared, cancel).await;
     shared.health.set_pipeline_running(false);
     let _ = detect.await;
     remediation_cancel.cancel();
@@ -845,8 +1122,24 @@ async fn detect_stage(
     tx: mpsc::Sender<Detected>,
     resume: HashMap<String, TimestampMs>,
     metrics: Arc<Metrics>,
+    prediction: Option<Prediction>,
+    models: Option<ModelFile>,
 ) {
+    let mut saved_at = tokio::time::Instant::now();
     while let Some(batch) = rx.recv().await {
+        if let Some(models) = &models {
+            if saved_at.elapsed() >= models.every {
+                models.save(&engine);
+                saved_at = tokio::time::Instant::now();
+            }
+        }
+        if let Some(p) = &prediction {
+            // Failure prediction sees every sample of the signals it
+            // forecasts, backfill included; it waits if it falls behind.
+            if p.signals.contains(&batch.signal) && p.tx.send(batch.clone()).await.is_err() {
+                tracing::warn!("The failure-prediction task has stopped; no more predictions.");
+            }
+        }
         let before = engine.stats().samples_scored;
         let mut anomalies = engine.observe(&batch);
         if let Some(&done) = resume.get(&batch.signal) {
@@ -862,8 +1155,11 @@ async fn detect_stage(
             until: batch.until,
         };
         if tx.send(detected).await.is_err() {
-            return;
+            break;
         }
+    }
+    if let Some(models) = &models {
+        models.save(&engine);
     }
 }
 
@@ -875,12 +1171,17 @@ async fn detect_stage(
 /// up every [`ALERT_SWEEP`]; applying one twice changes nothing
 /// ([`Correlator::on_alert`] is idempotent).
 async fn incident_stage(
-    mut correlator: Correlator,
+    owners: Owners,
     mut rx: mpsc::Receiver<Detected>,
     mut alerts: mpsc::Receiver<AlertBatch>,
+    mut predicted: mpsc::Receiver<Vec<PredictiveEvent>>,
     shared: &Shared,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
+    let Owners {
+        mut correlator,
+        mut predictions,
+    } = owners;
     apply_stored_alerts(&mut correlator, shared, &cancel).await?;
     let mut sweep =
         tokio::time::interval_at(tokio::time::Instant::now() + ALERT_SWEEP, ALERT_SWEEP);
@@ -888,7 +1189,39 @@ async fn incident_stage(
     loop {
         tokio::select! {
             detected = rx.recv() => {
-                let Some(detected) = detected else { break };
+                let Some(mut detected) = detected else { break };
+                // Anomalies matching a person's `noise` verdict are recorded
+                // as suppressed instead of reaching the correlator.
+                if !detected.anomalies.is_empty() {
+                    let in_force =
+                        with_store_retry(shared, &cancel, |store| store.verdicts_in_force(now_ms()))
+                            .await?;
+                    let now = now_ms();
+                    let set = noise::verdicts::VerdictSet::build(
+                        &correlator.noise().verdicts,
+                        in_force,
+                        correlator.correlation(),
+                        now,
+                    );
+                    let anomalies = std::mem::take(&mut detected.anomalies);
+                    let (kept, suppressed) =
+                        noise::verdicts::screen_anomalies(&correlator, &set, anomalies, now);
+                    detected.anomalies = kept;
+                    if !suppressed.is_empty() {
+                        let gap = correlator.group_window_ms();
+                        let count = suppressed.len();
+                        let items: Arc<[noise::AnomalySuppression]> = suppressed.into();
+                        with_store_retry(shared, &cancel, move |store| {
+                            store.record_anomaly_suppressions(&items, gap, now_ms())
+                        })
+                        .await?;
+                        shared.metrics.anomalies_suppressed(
+                            "verdict",
+                            &detected.signal,
+                            count as u64,
+                        );
+                    }
+                }
                 let updates =
                     correlator.on_batch(&detected.signal, &detected.anomalies, detected.until);
                 for update in updates {
@@ -903,13 +1236,59 @@ async fn incident_stage(
             Some(batch) = alerts.recv() => {
                 apply_alerts(&mut correlator, &batch.alerts, shared, &cancel).await?;
             }
+            Some(events) = predicted.recv() => {
+                apply_predictions(&mut predictions, &events, shared, &cancel).await?;
+            }
             _ = sweep.tick() => apply_stored_alerts(&mut correlator, shared, &cancel).await?,
         }
+    }
+    // The prediction task ends right after the detect stage (its input
+    // closes with the detect stage's); store what it still found.
+    while let Some(events) = predicted.recv().await {
+        apply_predictions(&mut predictions, &events, shared, &cancel).await?;
     }
     // Deliveries already in the channel; anything later waits in the store
     // for the next start.
     while let Ok(batch) = alerts.try_recv() {
         apply_alerts(&mut correlator, &batch.alerts, shared, &cancel).await?;
+    }
+    Ok(())
+}
+
+/// Stores the incident changes a batch of failure predictions causes.
+async fn apply_predictions(
+    predictions: &mut OpenPredictions,
+    events: &[PredictiveEvent],
+    shared: &Shared,
+    cancel: &CancellationToken,
+) -> anyhow::Result<()> {
+    for event in events {
+        let Some(update) = predictions.apply(event) else {
+            continue;
+        };
+        let (id, merged) = persist(shared, &update, &[], cancel).await?;
+        shared.wake.notify_one();
+        let incident = merged.as_ref().unwrap_or(&update.incident);
+        match update.kind {
+            UpdateKind::Opened => {
+                match &merged {
+                    Some(stored) => predictions.adopt(stored.clone()),
+                    None => predictions.assign_id(&incident.group_key(), id),
+                }
+                shared.metrics.incident_opened(
+                    id,
+                    &incident.subject(),
+                    incident.severity.as_str(),
+                    incident.opened_at,
+                );
+            }
+            UpdateKind::Updated => {}
+            UpdateKind::Resolved => shared.metrics.incident_resolved(
+                id,
+                &incident.subject(),
+                incident.resolved_at.unwrap_or(incident.last_anomaly_at),
+            ),
+        }
     }
     Ok(())
 }
@@ -963,12 +1342,23 @@ async fn apply_alerts(
     cancel: &CancellationToken,
 ) -> anyhow::Result<()> {
     let api_silences = with_store_retry(shared, cancel, |store| store.silences(now_ms())).await?;
+    let in_force =
+        with_store_retry(shared, cancel, |store| store.verdicts_in_force(now_ms())).await?;
+    let verdicts = noise::verdicts::VerdictSet::build(
+        &correlator.noise().verdicts,
+        in_force,
+        correlator.correlation(),
+        now_ms(),
+    );
     for alert in alerts {
         let applied = [(alert.id, alert.status)];
-        if suppress(correlator, alert, &api_silences, shared, cancel).await? {
-            continue;
-        }
-        let updates = correlator.on_alert(alert);
+        let note =
+            match suppress(correlator, alert, &api_silences, &verdicts, shared, cancel).await? {
+                noise::Screen::Suppressed => continue,
+                noise::Screen::Apply => None,
+                noise::Screen::ApplyLifted(why) => Some(why),
+            };
+        let updates = correlator.on_alert_noted(alert, note.as_deref());
         let fallback_at = alert.ends_at.unwrap_or(alert.starts_at);
         let last = updates.len().saturating_sub(1);
         for (i, update) in updates.iter().enumerate() {
@@ -987,49 +1377,85 @@ async fn apply_alerts(
 
 /// Decides whether `alert` is suppressed instead of reaching the
 /// correlator, and if so records why (with the processed flag, in one
-/// transaction) before logging and counting it. Returns true when it is.
+/// transaction) before logging and counting it.
 ///
 /// An episode already in an open incident is never suppressed (its
 /// `resolved` must reach the incident, even if a silence began meanwhile);
 /// an episode suppressed once stays suppressed (its `resolved` is only
-/// marked processed). Otherwise the first silence — config silences
-/// first — active at the alert's first receipt and matching its labels
-/// suppresses it.
+/// marked processed) unless its learned suppression was lifted (it kept
+/// firing): then it is applied with the reason. Otherwise, in order: the
+/// first silence — config silences first — active at the alert's first
+/// receipt and matching its labels; a verdict in force that it matches;
+/// its history (learned: a low-severity alert that always resolved on its
+/// own, and whose fingerprint is in no open incident — a flapping alert's
+/// next episode joins its incident).
 async fn suppress(
     correlator: &Correlator,
     alert: &Alert,
     api_silences: &[Silence],
+    verdicts: &noise::verdicts::VerdictSet,
     shared: &Shared,
     cancel: &CancellationToken,
-) -> anyhow::Result<bool> {
+) -> anyhow::Result<noise::Screen> {
     if correlator.knows_alert(alert) {
-        return Ok(false);
+        return Ok(noise::Screen::Apply);
     }
     let applied = [(alert.id, alert.status)];
     let id = alert.id;
-    if with_store_retry(shared, cancel, move |store| store.suppression_of(id))
-        .await?
-        .is_some()
+    if let Some(earlier) =
+        with_store_retry(shared, cancel, move |store| store.suppression_of(id)).await?
     {
+        if let (Some(_), Some(why)) = (earlier.lifted_at, earlier.lift_detail) {
+            return Ok(noise::Screen::ApplyLifted(format!(
+                "{why} (it had been suppressed: {})",
+                earlier.detail
+            )));
+        }
         with_store_retry(shared, cancel, move |store| {
             store.mark_alerts_processed(&applied)
         })
         .await?;
-        return Ok(true);
+        return Ok(noise::Screen::Suppressed);
     }
+    let now = now_ms();
     let silences = shared.config_silences.iter().chain(api_silences);
-    let Some(silence) = noise::first_match(silences, &alert.labels, alert.received_at) else {
-        return Ok(false);
+    let by = if let Some(silence) = noise::first_match(silences, &alert.labels, alert.received_at) {
+        noise::SuppressedBy::silence(silence)
+    } else if let Some(hit) = verdicts.match_alert(&alert.labels, correlator.correlation(), now) {
+        noise::SuppressedBy::verdict(&hit)
+    } else if alert.status == crate::incident::AlertStatus::Firing
+        && correlator.noise().learned.eligible(&alert.labels)
+        && !correlator.knows_fingerprint(&alert.fingerprint)
+    {
+        let learned = correlator.noise().learned.clone();
+        let mapping = Arc::new(correlator.correlation().clone());
+        let labels = Arc::new(correlator.noise().verdicts.identity_labels.clone());
+        let mine = noise::learned::identity(&mapping, &labels, &alert.labels);
+        let (name, starts_at) = (alert.name().to_string(), alert.starts_at);
+        let since = starts_at.saturating_sub(learned.lookback.as_millis_i64());
+        let history = with_store_retry(shared, cancel, move |store| {
+            let same = |l: &std::collections::BTreeMap<String, String>| {
+                noise::learned::identity(&mapping, &labels, l) == mine
+            };
+            store.alert_history(&name, id, since, starts_at, &same)
+        })
+        .await?;
+        match noise::learned::judge(&learned, &history, starts_at, now) {
+            Some(why) => noise::SuppressedBy::learned(why),
+            None => return Ok(noise::Screen::Apply),
+        }
+    } else {
+        return Ok(noise::Screen::Apply);
     };
-    let (stored, by) = (alert.clone(), silence.clone());
+    let (stored, recorded) = (alert.clone(), by.clone());
     with_store_retry(shared, cancel, move |store| {
-        store.suppress_alert(&stored, &by, now_ms())
+        store.suppress_alert_by(&stored, &recorded, now_ms())
     })
     .await?;
     shared
         .metrics
-        .alert_suppressed("silence", alert.name(), &silence.describe());
-    Ok(true)
+        .alert_suppressed(by.reason, alert.name(), &by.detail);
+    Ok(noise::Screen::Suppressed)
 }
 
 /// Applies alerts the store holds as not yet applied, oldest first.
@@ -1038,6 +1464,19 @@ async fn apply_stored_alerts(
     shared: &Shared,
     cancel: &CancellationToken,
 ) -> anyhow::Result<()> {
+    // Learned suppressions of episodes still firing past
+    // `noise.learned.within` are lifted (their alerts become unprocessed
+    // again) and applied below with the reason.
+    let within = correlator.noise().learned.within.as_millis_i64();
+    let lifted = with_store_retry(shared, cancel, move |store| {
+        store.lift_learned_suppressions(within, now_ms())
+    })
+    .await?;
+    if !lifted.is_empty() {
+        shared
+            .metrics
+            .alert_suppressions_lifted(lifted.len() as u64);
+    }
     let pending = with_store_retry(shared, cancel, |store| {
         store.unprocessed_alerts(ALERT_SWEEP_BATCH)
     })
@@ -1066,16 +1505,68 @@ async fn persist(
     // The incident, the events its change causes (the outbox, src/publish/)
     // and the alerts it applies are written in one transaction: none can
     // exist without the others, whatever crashes when.
-    let saved = with_store_retry(shared, cancel, move |store| {
-        if applied.is_empty() {
-            store.save_incident_with_events(&incident, kind, now_ms())
-        } else {
-            store.save_incident_with_alerts(&incident, kind, now_ms(), &applied)
+    let saved = with_store_retry(shared, cancel, {
+        let (incident, applied) = (Arc::clone(&incident), Arc::clone(&applied));
+        move |store| {
+            if applied.is_empty() {
+                store.save_incident_with_events(&incident, kind, now_ms())
+            } else {
+                store.save_incident_with_alerts(&incident, kind, now_ms(), &applied)
+            }
         }
     })
-    .await?;
+    .await;
+    let saved = match saved {
+        Ok(saved) => saved,
+        Err(error) if is_already_open(&error) => {
+            // The store already holds an open incident for this group that
+            // the caller's copy did not know about (e.g. opened by an alert
+            // out of data-time order). The store is the truth: fold the new
+            // incident into that one instead of stopping the pipeline.
+            let group_key = incident.group_key();
+            tracing::warn!(group = %group_key, update = ?kind, id = ?incident.id, opened_at = incident.opened_at, "An incident for this group is already open in the store; merging into it.");
+            with_store_retry(shared, cancel, move |store| {
+                let open = store
+                    .open_incidents()?
+                    .into_iter()
+                    .find(|i| i.group_key() == group_key);
+                let Some(mut stored) = open else {
+                    return Err(StoreError::AlreadyOpen {
+                        group_key: group_key.clone(),
+                    });
+                };
+                stored.merge_from(&incident);
+                stored.state = crate::incident::IncidentState::Open;
+                stored.resolved_at = None;
+                let mut saved = if applied.is_empty() {
+                    store.save_incident_with_events(&stored, UpdateKind::Updated, now_ms())?
+                } else {
+                    store.save_incident_with_alerts(
+                        &stored,
+                        UpdateKind::Updated,
+                        now_ms(),
+                        &applied,
+                    )?
+                };
+                saved.merged = Some(stored);
+                Ok(saved)
+            })
+            .await?
+        }
+        Err(error) => return Err(error),
+    };
     saved.report.emit(&shared.metrics);
     Ok((saved.id, saved.merged))
+}
+
+/// True when `error` is the store refusing a second open incident for a group.
+fn is_already_open(error: &anyhow::Error) -> bool {
+    error.chain().any(|e| {
+        matches!(
+            e.downcast_ref::<StoreError>(),
+            Some(StoreError::AlreadyOpen { .. })
+        )
+    })
 }
 
 async fn persist_cursor(
@@ -1116,6 +1607,10 @@ async fn with_store_retry<T: Send + 'static>(
                 shared.health.set_store_ok(false);
                 shared.metrics.store_error();
                 let chain = error_chain(&error);
+                if matches!(error, StoreError::AlreadyOpen { .. }) {
+                    // The caller decides (persist merges into the open one).
+                    return Err(error).context("store write refused");
+                }
                 if !error.is_retryable() {
                     tracing::error!(error = %chain, "Store write failed permanently; stopping the pipeline.");
                     return Err(error).context("store write failed");

@@ -107,6 +107,10 @@ pub struct Metrics {
     alerts_received: Family<AlertStatusLabel, Counter>,
     alerts_deduplicated: Counter,
     alerts_suppressed: Family<ReasonLabel, Counter>,
+    anomalies_suppressed: Family<ReasonLabel, Counter>,
+    alert_suppressions_lifted: Counter,
+    /// The log pipeline's metrics (src/logs/metrics.rs).
+    pub logs: crate::logs::metrics::LogMetrics,
 }
 
 impl Metrics {
@@ -132,6 +136,19 @@ impl Metrics {
         let alerts_received = Family::<AlertStatusLabel, Counter>::default();
         let alerts_deduplicated = Counter::default();
         let alerts_suppressed = Family::<ReasonLabel, Counter>::default();
+        let anomalies_suppressed = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "anomalies_suppressed",
+            "Anomalous samples that joined no incident because they match a person's verdict, by reason (listed by GET /api/v1/suppressions)",
+            anomalies_suppressed.clone(),
+        );
+        let alert_suppressions_lifted = Counter::default();
+        registry.register(
+            "alert_suppressions_lifted",
+            "Learned suppressions lifted because the alert kept firing past noise.learned.within",
+            alert_suppressions_lifted.clone(),
+        );
+        let logs = crate::logs::metrics::LogMetrics::register(&mut registry);
         let llm = crate::diagnose::llm::LlmMetrics::register(&mut registry);
         let decisions = Family::<OutcomeLabel, Counter>::default();
         registry.register(
@@ -240,6 +257,9 @@ impl Metrics {
             alerts_received,
             alerts_deduplicated,
             alerts_suppressed,
+            anomalies_suppressed,
+            alert_suppressions_lifted,
+            logs,
             llm,
             decisions,
             actions,
@@ -404,6 +424,32 @@ impl Metrics {
             alertname,
             detail,
             "Suppressed an alert: it opens or joins no incident."
+        );
+    }
+
+    /// Anomalous samples of `signal` matched a person's verdict (stored as
+    /// suppressions first): logs and counts them.
+    pub fn anomalies_suppressed(&self, reason: &str, signal: &str, count: u64) {
+        self.anomalies_suppressed
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_string(),
+            })
+            .inc_by(count);
+        tracing::info!(
+            reason,
+            signal,
+            count,
+            "Suppressed anomalies: they open or join no incident."
+        );
+    }
+
+    /// Learned suppressions of alerts still firing past
+    /// `noise.learned.within` were lifted; those alerts go to incidents.
+    pub fn alert_suppressions_lifted(&self, count: u64) {
+        self.alert_suppressions_lifted.inc_by(count);
+        tracing::info!(
+            count,
+            "Lifted learned suppressions of alerts still firing past noise.learned.within; they go to incidents."
         );
     }
 

@@ -61,6 +61,31 @@ fn demo_once_detects_the_injected_fault_and_writes_its_report() {
         );
     }
     assert!(Path::new(data_dir).join("aiopsd-demo.db").exists());
+
+    // The slow memory leak is predicted before it breaches, restarted ahead
+    // of the out-of-memory under the demo policy, and the prediction clears.
+    let predicted = stdout
+        .split("Predicted: incident #")
+        .nth(1)
+        .expect("the leak is predicted");
+    let predicted = predicted.split("\n\n").next().unwrap_or_default();
+    assert!(predicted.contains("orders (demo)"), "{predicted}");
+    assert!(
+        predicted.contains("memory_working_set_bytes of orders (demo) reaches its 1 GiB limit"),
+        "{predicted}"
+    );
+    assert!(
+        predicted.contains("restart-ahead-of-predicted-oom-in-demo"),
+        "{predicted}"
+    );
+    assert!(predicted.contains("state resolved"), "{predicted}");
+    assert!(predicted.contains("no longer predicted"), "{predicted}");
+
+    // The growing service's capacity plan says when to scale.
+    assert!(stdout.contains("cpu capacity runs out from"), "{stdout}");
+    let plan = std::fs::read_to_string(Path::new(data_dir).join("capacity-search.md"))
+        .expect("capacity plan written");
+    assert!(plan.contains("## Capacity plan: `search`"), "{plan}");
 }
 
 #[test]

@@ -218,6 +218,8 @@ fn run(s: &Scenario, catalogue: &Catalogue) -> (EvidenceBundle, Diagnosis) {
         alerts,
         diagnosis: None,
         decisions: vec![],
+        logs: Vec::new(),
+        prediction: None,
         timeline: vec![],
     };
     let kinds = SignalKinds::new();

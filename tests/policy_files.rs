@@ -264,6 +264,8 @@ fn incident() -> Incident {
         alerts: Vec::new(),
         diagnosis: None,
         decisions: Vec::new(),
+        logs: Vec::new(),
+        prediction: None,
         timeline: Vec::new(),
     }
 }

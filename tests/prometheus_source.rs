@@ -71,6 +71,7 @@ fn signal(
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
         detector: None,
+        preset: None,
     }
 }
 

@@ -166,6 +166,8 @@ fn incident(opened_at: TimestampMs, last_anomaly: TimestampMs) -> Incident {
         alerts: Vec::new(),
         diagnosis: None,
         decisions: Vec::new(),
+        logs: Vec::new(),
+        prediction: None,
         timeline: vec![TimelineEntry {
             at: opened_at,
             kind: "opened".into(),

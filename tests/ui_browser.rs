@@ -362,6 +362,8 @@ fn seed(store: &aiopsd::incident::Store) -> (i64, i64) {
         alerts: Vec::new(),
         diagnosis: None,
         decisions: Vec::new(),
+        logs: Vec::new(),
+        prediction: None,
         timeline: vec![TimelineEntry {
             at: anomalous[0],
             kind: "opened".into(),

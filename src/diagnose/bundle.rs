@@ -506,6 +506,8 @@ mod tests {
             }],
             diagnosis: None,
             decisions: vec![],
+            logs: Vec::new(),
+            prediction: None,
             timeline: vec![],
         };
         let b = from_incident(&incident, &SignalKinds::new());

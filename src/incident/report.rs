@@ -157,6 +157,11 @@ fn write_report(
         write_alerts(out, incident)?;
     }
 
+    // Log templates that changed around the start (issue 10).
+    if !incident.logs.is_empty() {
+        write_logs(out, incident)?;
+    }
+
     // Timeline.
     writeln!(out, "## Timeline")?;
     writeln!(out)?;
@@ -284,6 +289,61 @@ fn write_alert_diagnosis(out: &mut String, incident: &Incident) -> std::fmt::Res
             Some(summary) => writeln!(out, "- {}: {}", code(&a.name), one_line(summary))?,
             None => writeln!(out, "- {}", code(&a.name))?,
         }
+    }
+    Ok(())
+}
+
+/// The `## Logs` section: the log templates whose counts changed around
+/// the incident's start, with a few example lines (redacted before they
+/// were stored).
+fn write_logs(out: &mut String, incident: &Incident) -> std::fmt::Result {
+    writeln!(out, "## Logs")?;
+    writeln!(out)?;
+    let minutes = incident
+        .logs
+        .first()
+        .map_or(0.0, |c| c.window_ms as f64 / 60_000.0);
+    writeln!(
+        out,
+        "Log templates whose line counts changed between the {} min before the \
+         incident's start and the {} min from it:",
+        fmt_num(minutes),
+        fmt_num(minutes),
+    )?;
+    writeln!(out)?;
+    writeln!(
+        out,
+        "| Service | Template | Change | Before | After | Level |"
+    )?;
+    writeln!(out, "|---|---|---|---:|---:|---|")?;
+    for c in &incident.logs {
+        writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} |",
+            table_cell(&one_line(&c.service)),
+            table_cell(&code(&c.template)),
+            c.change.as_str(),
+            c.before,
+            c.after,
+            table_cell(&one_line(c.level.as_deref().unwrap_or("—"))),
+        )?;
+    }
+    writeln!(out)?;
+    if incident.logs.iter().any(|c| !c.examples.is_empty()) {
+        writeln!(out, "Example lines (secrets redacted):")?;
+        writeln!(out)?;
+        for c in incident.logs.iter().filter(|c| !c.examples.is_empty()) {
+            writeln!(
+                out,
+                "- {} (template T{}):",
+                code(&c.template),
+                c.template_id
+            )?;
+            for e in &c.examples {
+                writeln!(out, "  - {}", code(e))?;
+            }
+        }
+        writeln!(out)?;
     }
     Ok(())
 }
@@ -721,6 +781,8 @@ mod tests {
             alerts: Vec::new(),
             diagnosis: None,
             decisions: Vec::new(),
+            logs: Vec::new(),
+            prediction: None,
             timeline: vec![
                 TimelineEntry {
                     at: T0,

@@ -46,6 +46,10 @@ mod noise;
 // Remediation: decisions, diagnoses and action execution (migration 5).
 #[path = "store_remediation.rs"]
 mod remediation;
+
+// The log pipeline: checkpoint, templates, counts, evidence (migration 6).
+#[path = "store_logs.rs"]
+mod logs;
 pub use noise::{AlertFilter, NewSilence};
 pub use remediation::{ActionPlanRecord, Setting};
 
@@ -272,6 +276,12 @@ const MIGRATIONS: &[&str] = &[
         changed_at INTEGER NOT NULL
     ) WITHOUT ROWID;
     "#,
+    // 6: the log pipeline: checkpoint, templates, per-bucket counts and
+    // incidents' log evidence (src/incident/store_logs.rs).
+    logs::LOGS_MIGRATION,
+    // 7: verdicts that feed suppression, anomaly and learned suppressions
+    // (src/incident/store_noise.rs).
+    noise::NOISE_MIGRATION,
 ];
 
 /// How long a statement waits for a lock held by another connection (the
@@ -946,6 +956,8 @@ fn encode_detail(incident: &Incident, group_key: &str) -> Result<String, StoreEr
     // Owned by remediation's own tables, attached on load.
     detail.diagnosis = None;
     detail.decisions = Vec::new();
+    // Owned by `incident_logs`, attached on load (store_logs.rs).
+    detail.logs = Vec::new();
     // serde_json writes NaN and ±Inf as `null`, which then fails to read
     // back as f64: one such value would make the incident — and every list
     // page containing it — unreadable forever. Samples are finite by
@@ -1018,6 +1030,7 @@ fn load_incident(conn: &Connection, id: IncidentId, detail: &str) -> Result<Inci
     incident.timeline = load_timeline(conn, id)?;
     incident.diagnosis = remediation::load_diagnosis(conn, id)?;
     incident.decisions = remediation::load_decisions(conn, id)?;
+    incident.logs = logs::load_incident_logs(conn, id)?;
     Ok(incident)
 }
 
@@ -1115,6 +1128,8 @@ mod tests {
             alerts: Vec::new(),
             diagnosis: None,
             decisions: Vec::new(),
+            logs: Vec::new(),
+            prediction: None,
             timeline: vec![TimelineEntry {
                 at: opened_at,
                 kind: "opened".into(),

@@ -846,6 +846,8 @@ mod tests {
             alerts: Vec::new(),
             diagnosis: None,
             decisions: Vec::new(),
+            logs: Vec::new(),
+            prediction: None,
             timeline: vec![TimelineEntry {
                 at: T0,
                 kind: "opened".into(),

@@ -56,6 +56,8 @@ fn incident(severity: Severity) -> Incident {
         alerts: Vec::new(),
         diagnosis: None,
         decisions: Vec::new(),
+        logs: Vec::new(),
+        prediction: None,
         timeline: Vec::new(),
     }
 }

@@ -188,6 +188,8 @@ mod tests {
             alerts: Vec::new(),
             diagnosis: None,
             decisions: Vec::new(),
+            logs: Vec::new(),
+            prediction: None,
             timeline: vec![TimelineEntry {
                 at: 1_000,
                 kind: "opened".into(),

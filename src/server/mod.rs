@@ -33,6 +33,8 @@ mod error;
 mod noise;
 mod probes;
 mod remediation;
+pub mod tls;
+mod trends;
 
 pub use error::ApiError;
 
@@ -122,6 +124,7 @@ pub fn router_with_ui(
         )
         .route(noise::ALERTS_PATH, get(noise::list_alerts))
         .route(noise::SUPPRESSIONS_PATH, get(noise::list_suppressions))
+        .merge(noise::verdict_routes())
         .route(
             &format!("{}/{{id}}", actions::ACTIONS_PATH),
             get(actions::get_action),
@@ -139,6 +142,7 @@ pub fn router_with_ui(
             post(remediation::revert),
         )
         .route(capacity::CAPACITY_PATH, get(capacity::get_capacity))
+        .route(trends::TRENDS_PATH, get(trends::get_trends))
         .route(
             remediation::KILL_SWITCH_PATH,
             get(remediation::get_kill_switch).put(remediation::put_kill_switch),
@@ -228,6 +232,25 @@ pub async fn serve(
         .await
 }
 
+/// [`serve`] over TLS (`server.tls`): handshakes are completed off the
+/// accept path ([`tls::TlsListener`]) and the certificate is re-read when
+/// its files change, until `shutdown` completes.
+pub async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    tls: tls::ServerTls,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "Serving the HTTP API, /metrics and probes over TLS.");
+    }
+    let _reload = tls.watch();
+    let listener = tls::TlsListener::new(listener, tls.config())?;
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -298,6 +321,8 @@ mod tests {
             alerts: Vec::new(),
             diagnosis: None,
             decisions: Vec::new(),
+            logs: Vec::new(),
+            prediction: None,
             timeline: vec![TimelineEntry {
                 at: opened_at,
                 kind: "opened".into(),

@@ -739,6 +739,7 @@ mod tests {
             direction: Direction::Both,
             labels: BTreeMap::new(),
             detector: None,
+            preset: None,
         }
     }
 

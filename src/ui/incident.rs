@@ -732,6 +732,8 @@ mod tests {
             alerts: Vec::new(),
             diagnosis: None,
             decisions: Vec::new(),
+            logs: Vec::new(),
+            prediction: None,
             timeline: vec![TimelineEntry {
                 at: 1_700_000_000_000,
                 kind: "opened".into(),

@@ -74,6 +74,8 @@ fn incident(service: &str) -> Incident {
         alerts: Vec::new(),
         diagnosis: None,
         decisions: Vec::new(),
+        logs: Vec::new(),
+        prediction: None,
         timeline: vec![TimelineEntry {
             at: t0,
             kind: "opened".into(),

@@ -41,6 +41,8 @@ pub fn sample_incident(service: &str, t0: TimestampMs) -> Incident {
         alerts: Vec::new(),
         diagnosis: None,
         decisions: Vec::new(),
+        logs: Vec::new(),
+        prediction: None,
         timeline: vec![TimelineEntry {
             at: t0,
             kind: "opened".into(),

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use aiopsd::signal::{format_ts, now_ms};
-use support::daemon::Daemon;
+use support::daemon::{incidents, Daemon};
 use support::fake_prometheus::{FakePrometheus, Mode, Point};
 use support::openmetrics::{Family, Series};
 use support::real_prometheus::RealPrometheus;
@@ -56,10 +56,6 @@ signals:
 "#,
         store = dir.join("aiopsd.db").display()
     )
-}
-
-fn incidents(list: &serde_json::Value) -> Vec<serde_json::Value> {
-    list["items"].as_array().cloned().unwrap_or_default()
 }
 
 /// The story of the foundation issue: a known anomaly in real Prometheus

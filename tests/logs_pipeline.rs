@@ -17,7 +17,7 @@ use aiopsd::logs::signals::{LOG_ERROR_RATE, LOG_SIGNALS};
 use aiopsd::signal::now_ms;
 use serde_json::json;
 
-use support::daemon::Daemon;
+use support::daemon::{incidents, Daemon};
 use support::fake_elastic::{Doc, FakeElastic};
 use support::fake_prometheus::{FakePrometheus, Point};
 use support::within;
@@ -274,10 +274,6 @@ elasticsearch:
 "#,
         store = dir.join("aiopsd.db").display()
     )
-}
-
-fn incidents(list: &serde_json::Value) -> Vec<serde_json::Value> {
-    list["items"].as_array().cloned().unwrap_or_default()
 }
 
 /// The end-to-end story of issue 10: a surge of failed logins in cart's

@@ -132,3 +132,8 @@ impl Drop for Daemon {
         }
     }
 }
+
+/// The `items` of an incident list answer (`GET /api/v1/incidents`).
+pub fn incidents(list: &serde_json::Value) -> Vec<serde_json::Value> {
+    list["items"].as_array().cloned().unwrap_or_default()
+}

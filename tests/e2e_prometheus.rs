@@ -48,13 +48,16 @@ prometheus:
   lag: 0s
   timeout: 2s
   retry: {{ attempts: 2, initial_backoff: 50ms, max_backoff: 200ms }}
+detection:
+  models_path: {models}
 signals:
   - name: error_ratio
     query: 'http_errors_ratio{{$selector}}'
     selectors: {{ namespace: shop }}
     direction: up
 "#,
-        store = dir.join("aiopsd.db").display()
+        store = dir.join("aiopsd.db").display(),
+        models = dir.join("detector-state.json").display()
     )
 }
 
@@ -158,6 +161,9 @@ async fn real_prometheus_anomaly_becomes_one_incident_that_survives_restart() {
         daemon.log()
     );
     assert!(daemon.log().contains("aiopsd stopped."), "{}", daemon.log());
+    // Fitted detector state was saved at shutdown, so the restart below
+    // needs no new warm-up.
+    assert!(dir.path().join("detector-state.json").exists());
 
     // Restart on the same store: the backfill re-reads the anomaly, but it
     // is not reported again and the open incident is taken over.
@@ -196,6 +202,11 @@ async fn real_prometheus_anomaly_becomes_one_incident_that_survives_restart() {
     assert!(daemon
         .log()
         .contains("Resuming open incidents from the store."));
+    let log = daemon.log();
+    assert!(
+        log.contains("Restored saved detector state.") && !log.contains("restored=0"),
+        "{log}"
+    );
     drop(prometheus);
 }
 

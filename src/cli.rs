@@ -76,7 +76,8 @@ enum Command {
         #[arg(long)]
         profiles: Option<PathBuf>,
         /// Detector kind with default tunables (robust_ewma, median_mad,
-        /// seasonal, cusum, kmeans, ensemble). Default: the `ensemble` preset.
+        /// seasonal, cusum, kmeans, context, ensemble). Default: the
+        /// `ensemble` preset.
         #[arg(long, conflicts_with = "preset")]
         detector: Option<String>,
         /// Preset name in models/presets/ or a path to a preset .yaml.
@@ -413,19 +414,13 @@ fn backtest(
             serde_json::from_value(tree).map_err(|e| anyhow::anyhow!("--detector {kind}: {e}"))?
         }
         (None, name) => {
-            let path = presets::preset_path(
-                std::path::Path::new("models/presets"),
-                name.unwrap_or("ensemble"),
-            );
-            let path = if name.is_none() && !path.is_file() {
-                // No models/ here: the built-in default ensemble.
-                None
+            let name = name.unwrap_or("ensemble");
+            let path = presets::preset_path(std::path::Path::new("models/presets"), name);
+            if path.is_file() {
+                presets::load_preset(&path)?.detector
             } else {
-                Some(path)
-            };
-            match path {
-                Some(p) => presets::load_preset(&p)?.detector,
-                None => DetectorSpec::Ensemble(Default::default()),
+                // No models/ here: the presets built into the binary.
+                presets::resolve_preset(name)?.detector
             }
         }
     };

@@ -767,15 +767,17 @@ fn write_incident(
     let mut new_entries = Vec::new();
     // A stored incident is updated by id: an INSERT .. ON CONFLICT would
     // consume a value of the AUTOINCREMENT sequence on every save, and ids
-    // appear in URLs and notifications.
+    // appear in URLs and notifications. Its start may move earlier (an
+    // anomaly from before an alert-opened incident's start joins it), so
+    // the row is found by id and group, and `opened_at` follows.
     let known = incident.id.or(merged.as_ref().and_then(|m| m.id));
     let updated = match known {
         Some(id) => tx
             .execute(
                 "UPDATE incidents SET cluster = ?2, state = ?3, severity = ?4, service = ?5,
                         namespace = ?6, last_anomaly_at = ?7, resolved_at = ?8,
-                        anomaly_count = ?9, detail = ?10
-                  WHERE id = ?1 AND group_key = ?11 AND opened_at = ?12",
+                        anomaly_count = ?9, detail = ?10, opened_at = ?12
+                  WHERE id = ?1 AND group_key = ?11",
                 params![
                     id,
                     incident.cluster,
@@ -1422,6 +1424,23 @@ mod tests {
             .upsert_incident(&incident("auth", "shop", T0))
             .expect("other group");
         assert_eq!(store.open_incidents().expect("open").len(), 2);
+    }
+
+    #[test]
+    fn an_incident_whose_start_moves_earlier_stays_one_row() {
+        // An alert opens the incident; an anomaly from 90 s before the
+        // alert's start joins it, so the correlator moves `opened_at`
+        // earlier. Saving it must update the same row, not try a second
+        // open incident for the group (which stopped the pipeline).
+        let store = Store::open_in_memory().expect("open");
+        let mut inc = incident("checkout", "demo", T0);
+        let id = store.upsert_incident(&inc).expect("opened");
+        inc.id = Some(id);
+        inc.opened_at = T0 - 90_000;
+        assert_eq!(store.upsert_incident(&inc).expect("updated"), id);
+        let open = store.open_incidents().expect("open");
+        assert_eq!(open.len(), 1);
+        assert_eq!(open[0].opened_at, T0 - 90_000);
     }
 
     #[test]

@@ -175,6 +175,15 @@ pub struct ElasticConfig {
     /// with this long from it. Default: `10m`; at least one bucket.
     #[serde(default = "default_evidence_window")]
     pub evidence_window: HumanDuration,
+    /// Extra regexes whose matches are redacted from example lines and
+    /// templates before they are stored or shown (customer ids, internal
+    /// hostnames …), on top of the built-in rules (passwords, tokens, keys,
+    /// JWTs, cloud keys, e-mail addresses), which cannot be turned off.
+    #[serde(default)]
+    pub redact_patterns: Vec<String>,
+    /// Also redact IPv4 and IPv6 addresses. Default: `false`.
+    #[serde(default)]
+    pub redact_ip_addresses: bool,
     /// Detector of the log signals. Default: `robust_ewma` with its usual
     /// tunables but `min_spread: 1` (counts of a few lines are noise).
     #[serde(default)]
@@ -262,8 +271,16 @@ impl ElasticConfig {
             retention: default_retention(),
             max_template_series: default_max_template_series(),
             evidence_window: default_evidence_window(),
+            redact_patterns: Vec::new(),
+            redact_ip_addresses: false,
             detector: None,
         }
+    }
+
+    /// The redaction this source's evidence gets (see
+    /// [`ElasticConfig::redact_patterns`]).
+    pub fn redactor(&self) -> Result<super::Redactor, (usize, String)> {
+        super::Redactor::new(&self.redact_patterns, self.redact_ip_addresses)
     }
 
     /// The detector of the log signals (see [`ElasticConfig::detector`]).
@@ -290,6 +307,9 @@ impl ElasticConfig {
         }
         if let Err(reason) = check_index_pattern(&self.index) {
             err(at("index"), reason);
+        }
+        if let Err((i, reason)) = self.redactor() {
+            err(at(&format!("redact_patterns[{i}]")), reason);
         }
         for (name, value) in [
             ("timestamp_field", &self.timestamp_field),

@@ -32,7 +32,7 @@ pub use miner::{
     MinerParams, ParamsError, Template, TemplateId, TemplateMiner, MAX_LEAF_TEMPLATES,
     MAX_PREFIX_TOKENS,
 };
-pub use redact::{redact, redact_secrets, RedactionKind, REDACTED};
+pub use redact::{redact, redact_secrets, RedactionKind, Redactor, REDACTED};
 pub use tool::{mine_file, templates_command, MineSummary};
 
 /// Grouping accuracy (Zhu et al., "Tools and Benchmarks for Automated Log

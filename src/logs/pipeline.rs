@@ -41,6 +41,7 @@ use super::metrics::LogMetrics;
 use super::signals::SignalBuilder;
 use super::window::{StreamKey, WindowAggregator};
 use super::MinerParams;
+use super::Redactor;
 use crate::incident::{Incident, IncidentId, Store, StoreError};
 use crate::signal::{SeriesBatch, TimestampMs};
 use crate::telemetry::{error_chain, Health, Metrics};
@@ -61,6 +62,9 @@ pub enum LogPipelineError {
     /// A blocking store task panicked or was cancelled.
     #[error("a store task of the log pipeline did not finish")]
     Join(#[source] tokio::task::JoinError),
+    /// A configured redaction pattern is invalid (names the field).
+    #[error("{0}")]
+    Redaction(String),
 }
 
 /// What one [`LogPipeline::step`] did.
@@ -105,6 +109,8 @@ pub struct LogPipeline {
     poll_interval: Duration,
     builder: SignalBuilder,
     state: Option<Loaded>,
+    /// Redaction of examples and templates before they are stored.
+    redactor: Redactor,
 }
 
 impl LogPipeline {
@@ -115,6 +121,9 @@ impl LogPipeline {
         metrics: LogMetrics,
     ) -> Result<Self, LogPipelineError> {
         let source = ElasticSource::new(config).map_err(LogPipelineError::Source)?;
+        let redactor = config.redactor().map_err(|(i, reason)| {
+            LogPipelineError::Redaction(format!("elasticsearch.redact_patterns[{i}]: {reason}"))
+        })?;
         let bucket_ms = config.bucket.as_millis_i64().max(1);
         Ok(Self {
             source,
@@ -132,6 +141,7 @@ impl LogPipeline {
                 config.max_template_series,
             ),
             state: None,
+            redactor,
         })
     }
 
@@ -166,7 +176,8 @@ impl LogPipeline {
             &self.error_levels,
             MinerParams::default(),
             templates,
-        );
+        )
+        .with_redactor(self.redactor.clone());
         let complete_until = self.align(checkpoint.timestamp_ms);
         tracing::info!(
             resumed,

@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use super::elastic::{LogDoc, MAX_SERVICES, OTHER_SERVICES, UNKNOWN_SERVICE};
-use super::{redact_secrets, MinerParams, TemplateId, TemplateMiner};
+use super::{MinerParams, Redactor, TemplateId, TemplateMiner};
 
 /// Example lines kept per template (redacted), newest first.
 pub const MAX_EXAMPLES: usize = 3;
@@ -133,6 +133,7 @@ pub struct WindowAggregator {
     counts: BTreeMap<(StreamKey, i64, TemplateId), (u64, u64)>,
     touched: HashMap<(StreamKey, TemplateId), Touched>,
     documents: u64,
+    redactor: Redactor,
 }
 
 impl WindowAggregator {
@@ -161,7 +162,15 @@ impl WindowAggregator {
             counts: BTreeMap::new(),
             touched: HashMap::new(),
             documents: 0,
+            redactor: Redactor::default(),
         }
+    }
+
+    /// Redacts examples and templates with `redactor` (the configured
+    /// patterns) instead of the built-in rules alone.
+    pub fn with_redactor(mut self, redactor: Redactor) -> Self {
+        self.redactor = redactor;
+        self
     }
 
     /// The bucket start of a timestamp.
@@ -209,7 +218,7 @@ impl WindowAggregator {
         // Newest first; redacted before it is kept, as it ends up in the
         // store and in reports.
         t.examples
-            .insert(0, redact_secrets(&doc.message).into_owned());
+            .insert(0, self.redactor.redact(&doc.message).into_owned());
         t.examples.truncate(MAX_EXAMPLES);
         self.documents += 1;
         (stream, id)
@@ -236,7 +245,7 @@ impl WindowAggregator {
                     .miners
                     .get(&stream)
                     .and_then(|m| m.template(id))
-                    .map(|t| redact_secrets(&t.text).into_owned())
+                    .map(|t| self.redactor.redact(&t.text).into_owned())
                     // Evicted within the window: its first example stands in.
                     .or_else(|| t.examples.last().cloned())
                     .unwrap_or_default();

@@ -156,42 +156,16 @@ pub fn push_log_changes(
         .into_iter()
         .take(params.max_items)
         .map(|(before, during, c)| {
-            let examples: Vec<String> = c
-                .examples
-                .iter()
-                .map(|l| redact_secrets(l).into_owned())
-                .collect();
-            let template = redact_secrets(&c.template).into_owned();
-            let mut mentions = BTreeSet::new();
-            for text in examples.iter().chain(std::iter::once(&template)) {
-                mentions.extend(find_mentions(text, known_services, &window.service));
-            }
-            let mentions: Vec<String> = mentions.into_iter().collect();
-            let summary = format!(
-                "{} logs: \"{}\" {} → {}/min{}{}.",
-                window.service,
-                shorten(&template, 120),
-                fmt_num(before),
-                fmt_num(during),
-                if c.before == 0 { " (new)" } else { "" },
-                if mentions.is_empty() {
-                    String::new()
-                } else {
-                    format!(", mentions {}", mentions.join(", "))
-                },
-            );
-            bundle.push(
-                EvidenceSource::Log,
+            let tag = (c.before == 0).then_some("new");
+            let rates = (before, during, tag);
+            push_log_item(
+                bundle,
                 window.at,
-                summary,
-                EvidenceDetail::Log {
-                    service: window.service.clone(),
-                    template,
-                    rate_before: before,
-                    rate_during: during,
-                    examples,
-                    mentions,
-                },
+                &window.service,
+                &c.template,
+                &c.examples,
+                rates,
+                known_services,
             )
         })
         .collect()
@@ -208,58 +182,79 @@ pub fn push_incident_logs(
     incident: &crate::incident::Incident,
     known_services: &[String],
 ) -> Vec<EvidenceId> {
-    use crate::incident::LogChangeKind;
     incident
         .logs
         .iter()
         .map(|c| {
             let minutes = (c.window_ms as f64 / 60_000.0).max(f64::MIN_POSITIVE);
-            let before = c.before as f64 / minutes;
-            let during = c.after as f64 / minutes;
-            let examples: Vec<String> = c
-                .examples
-                .iter()
-                .map(|l| redact_secrets(l).into_owned())
-                .collect();
-            let template = redact_secrets(&c.template).into_owned();
-            let mut mentions = BTreeSet::new();
-            for text in examples.iter().chain(std::iter::once(&template)) {
-                mentions.extend(find_mentions(text, known_services, &c.service));
-            }
-            let mentions: Vec<String> = mentions.into_iter().collect();
-            let summary = format!(
-                "{} logs: \"{}\" {} → {}/min ({}){}.",
-                c.service,
-                shorten(&template, 120),
-                fmt_num(before),
-                fmt_num(during),
-                match c.change {
-                    LogChangeKind::New => "new",
-                    LogChangeKind::Surge => "surge",
-                    LogChangeKind::Vanished => "vanished",
-                    LogChangeKind::Drop => "drop",
-                },
-                if mentions.is_empty() {
-                    String::new()
-                } else {
-                    format!(", mentions {}", mentions.join(", "))
-                },
+            let rates = (
+                c.before as f64 / minutes,
+                c.after as f64 / minutes,
+                Some(c.change.as_str()),
             );
-            bundle.push(
-                EvidenceSource::Log,
-                incident.opened_at,
-                summary,
-                EvidenceDetail::Log {
-                    service: c.service.clone(),
-                    template,
-                    rate_before: before,
-                    rate_during: during,
-                    examples,
-                    mentions,
-                },
+            let at = incident.opened_at;
+            push_log_item(
+                bundle,
+                at,
+                &c.service,
+                &c.template,
+                &c.examples,
+                rates,
+                known_services,
             )
         })
         .collect()
+}
+
+/// One `Log` item: the template and examples redacted, the services they
+/// mention, and a one-line summary with the per-minute rates before and
+/// during (`rates.2` tags the change, e.g. `new`). Shared by live windows
+/// and stored incident evidence so both read alike.
+fn push_log_item(
+    bundle: &mut EvidenceBundle,
+    at: TimestampMs,
+    service: &str,
+    template: &str,
+    examples: &[String],
+    rates: (f64, f64, Option<&str>),
+    known_services: &[String],
+) -> EvidenceId {
+    let (before, during, tag) = rates;
+    let examples: Vec<String> = examples
+        .iter()
+        .map(|l| redact_secrets(l).into_owned())
+        .collect();
+    let template = redact_secrets(template).into_owned();
+    let mut mentions = BTreeSet::new();
+    for text in examples.iter().chain(std::iter::once(&template)) {
+        mentions.extend(find_mentions(text, known_services, service));
+    }
+    let mentions: Vec<String> = mentions.into_iter().collect();
+    let summary = format!(
+        "{service} logs: \"{}\" {} → {}/min{}{}.",
+        shorten(&template, 120),
+        fmt_num(before),
+        fmt_num(during),
+        tag.map(|t| format!(" ({t})")).unwrap_or_default(),
+        if mentions.is_empty() {
+            String::new()
+        } else {
+            format!(", mentions {}", mentions.join(", "))
+        },
+    );
+    bundle.push(
+        EvidenceSource::Log,
+        at,
+        summary,
+        EvidenceDetail::Log {
+            service: service.to_string(),
+            template,
+            rate_before: before,
+            rate_during: during,
+            examples,
+            mentions,
+        },
+    )
 }
 
 /// The `known` services named in `text` as whole words (split on
